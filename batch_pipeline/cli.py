@@ -1,0 +1,119 @@
+"""``batchman``: the console script behind the Makefile (up, api, migrate, simulator, …)."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import os
+import sys
+from collections.abc import Iterator
+
+from batch_pipeline.config import ConfigError, Settings, get_settings
+
+log = logging.getLogger("batchman")
+
+SIMULATOR_BANNER = """
+************************************************************************
+*  SIMULATOR MODE: OPENAI_API_KEY is not set.                          *
+*  Batches go to the built-in OpenAI Batch API simulator on :{port:<5}     *
+*  No request reaches OpenAI and nothing is billed. Results are fake.  *
+************************************************************************"""
+
+
+@contextlib.contextmanager
+def database(settings: Settings) -> Iterator[str]:
+    """The app database URL: DATABASE_URL, else an embedded Postgres kept running for the block."""
+    if settings.database_url:
+        yield settings.database_url
+        return
+    from batch_pipeline.embedded_postgres import EmbeddedPostgres
+
+    with EmbeddedPostgres(settings.data_dir) as pg:
+        yield pg.url()
+
+
+def cmd_migrate(settings: Settings, _: argparse.Namespace) -> int:
+    from batch_pipeline.migrate import migrate
+
+    with database(settings) as dsn:
+        applied = migrate(dsn)
+    print(f"applied {len(applied)} migration(s): {', '.join(applied) or 'none pending'}")
+    return 0
+
+
+def cmd_api(settings: Settings, args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from batch_pipeline.migrate import migrate
+
+    with database(settings) as dsn:
+        migrate(dsn)
+        os.environ["DATABASE_URL"] = dsn  # the factory below reads settings afresh in each worker
+        uvicorn.run(
+            "intake_api.main:create_app",
+            factory=True,
+            host=args.host,
+            port=settings.port,
+            workers=args.workers,
+            log_level="info",
+            access_log=False,
+        )
+    return 0
+
+
+def cmd_simulator(settings: Settings, args: argparse.Namespace) -> int:
+    from batch_pipeline.simulator.app import serve
+
+    serve(host=args.host, port=args.port or settings.simulator_port)
+    return 0
+
+
+def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
+    from batch_pipeline.migrate import migrate
+    from batch_pipeline.supervisor import Supervisor, batchman_argv
+
+    with database(settings) as dsn:
+        migrate(dsn)
+        env = {**os.environ, "DATABASE_URL": dsn}
+        sup = Supervisor(env)
+        if settings.simulator_mode:
+            log.warning(SIMULATOR_BANNER.format(port=settings.simulator_port))
+            env["OPENAI_BASE_URL"] = settings.openai_client_base_url
+            sup.start("simulator", batchman_argv("simulator", "--host", "127.0.0.1"))
+        sup.start("api", batchman_argv("api", "--host", args.host))
+        log.info("intake API and UI on http://localhost:%s", settings.port)
+        return sup.wait()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="batchman", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    up = sub.add_parser("up", help="start everything (API, UI, simulator when no key, Dagster)")
+    up.add_argument("--host", default="0.0.0.0")
+    up.set_defaults(func=cmd_up)
+    sub.add_parser("migrate", help="apply pending database migrations").set_defaults(func=cmd_migrate)
+    api = sub.add_parser("api", help="run the intake API (uvicorn)")
+    api.add_argument("--host", default="0.0.0.0")
+    api.add_argument("--workers", type=int, default=1)
+    api.set_defaults(func=cmd_api)
+    sim = sub.add_parser("simulator", help="run the OpenAI Batch API simulator")
+    sim.add_argument("--host", default="127.0.0.1")
+    sim.add_argument("--port", type=int, default=None)
+    sim.set_defaults(func=cmd_simulator)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    args = build_parser().parse_args(argv)
+    try:
+        settings = get_settings()
+    except ConfigError as exc:
+        print(f"batchman: {exc}", file=sys.stderr)
+        return 2
+    return args.func(settings, args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

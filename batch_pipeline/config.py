@@ -1,0 +1,148 @@
+"""All configuration in one settings class, read from the environment (and a ``.env`` file).
+
+Seed variable names are kept (``OPENAI_API_KEY``, ``DATABASE_URL``, ``PORT``, ``RABBITMQ_URL``,
+``RABBITMQ_INPUT_QUEUE``, ``DISABLE_DELIVERY_RETRY``) so users of the Elixir service can switch.
+A bad value fails at start with a message that names the variable.
+"""
+
+from __future__ import annotations
+
+import re
+from functools import lru_cache
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+# OpenAI rejects batch input files over 200 MB; keep a margin for the trailing newline and rounding.
+OPENAI_MAX_FILE_BYTES = 200 * 1000 * 1000
+DEFAULT_BATCH_MAX_BYTES = OPENAI_MAX_FILE_BYTES - 1_000_000
+# Values of these variables never appear in messages or logs.
+_SECRET_HINT = re.compile("KEY|TOKEN|SECRET|PASSWORD")
+
+
+class ConfigError(RuntimeError):
+    """Raised when the environment holds a value we cannot run with; the message names the variable."""
+
+
+def normalize_database_url(url: str) -> str:
+    """Accept ``postgres://``, ``postgresql://`` and the seed's ``ecto://``; return a libpq URL."""
+    parts = urlsplit(url.strip())
+    scheme = parts.scheme.lower()
+    if scheme in ("postgres", "postgresql", "ecto") or scheme.startswith("postgresql+"):
+        return urlunsplit(("postgresql", *parts[1:]))
+    raise ValueError(f"scheme {parts.scheme or '(none)'!r} is not one of postgres://, postgresql://, ecto://")
+
+
+SIMULATOR_DEFAULTS = {
+    "batch_max_age_seconds": 10,
+    "sensor_interval_seconds": 5,
+    "openai_poll_interval_seconds": 5,
+}
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore", case_sensitive=False)
+
+    # --- OpenAI ---------------------------------------------------------------------------------
+    openai_api_key: SecretStr | None = Field(None, description="Unset: the built-in simulator is used.")
+    openai_base_url: str | None = Field(
+        None, description="OpenAI-compatible base URL, e.g. a proxy or Azure."
+    )
+
+    # --- Storage and processes ------------------------------------------------------------------
+    database_url: str | None = Field(None, description="Unset: an embedded Postgres under DATA_DIR.")
+    data_dir: Path = Path("./data")
+    port: int = Field(4000, ge=1, le=65535)
+    dagster_port: int = Field(3000, ge=1, le=65535)
+    simulator_port: int = Field(4010, ge=1, le=65535)
+    db_pool_max_size: int = Field(10, ge=1, le=200)
+
+    # --- RabbitMQ -------------------------------------------------------------------------------
+    rabbitmq_url: str | None = None
+    rabbitmq_input_queue: str | None = None
+
+    # --- Intake ---------------------------------------------------------------------------------
+    api_token: SecretStr | None = Field(None, description="When set, the API and UI require it.")
+    custom_id_max_length: int = Field(512, ge=1, le=4096)
+    intake_max_body_bytes: int = Field(16 * 1024 * 1024, ge=1024)
+    bulk_max_items: int = Field(50_000, ge=1, le=1_000_000)
+    bulk_max_body_bytes: int = Field(256 * 1024 * 1024, ge=1024)
+
+    # --- Batching -------------------------------------------------------------------------------
+    batch_max_requests: int = Field(50_000, ge=1, le=50_000)
+    batch_max_bytes: int = Field(DEFAULT_BATCH_MAX_BYTES, ge=1024, le=OPENAI_MAX_FILE_BYTES)
+    batch_max_age_seconds: int = Field(3600, ge=1)
+    sensor_interval_seconds: int = Field(30, ge=1)
+    openai_poll_interval_seconds: int = Field(60, ge=1)
+    token_estimate_safety_factor: float = Field(1.1, ge=1.0, le=10.0)
+
+    # --- Delivery -------------------------------------------------------------------------------
+    disable_delivery_retry: bool = False
+    webhook_signing_secret: SecretStr | None = None
+    webhook_block_private_networks: bool = False
+    webhook_allowed_hosts: str = ""
+
+    @field_validator("database_url", mode="before")
+    @classmethod
+    def _database_url(cls, value: str | None) -> str | None:
+        if value in (None, ""):
+            return None
+        return normalize_database_url(value)
+
+    @field_validator("openai_api_key", "api_token", "webhook_signing_secret", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        return None if value == "" else value
+
+    @field_validator("rabbitmq_url", "rabbitmq_input_queue", "openai_base_url", mode="before")
+    @classmethod
+    def _empty_str_is_unset(cls, value: object) -> object:
+        return None if value == "" else value
+
+    @model_validator(mode="after")
+    def _short_defaults_on_simulator(self) -> Settings:
+        # On the simulator a newcomer's first request should reach its webhook within about a minute,
+        # so timings the user did not set are shortened.
+        if self.simulator_mode:
+            for name, value in SIMULATOR_DEFAULTS.items():
+                if name not in self.model_fields_set:
+                    object.__setattr__(self, name, value)
+        return self
+
+    @property
+    def openai_client_base_url(self) -> str:
+        """Where the OpenAI client points: OPENAI_BASE_URL, else the simulator in simulator mode."""
+        if self.openai_base_url:
+            return self.openai_base_url
+        if self.simulator_mode:
+            return f"http://127.0.0.1:{self.simulator_port}/v1"
+        return "https://api.openai.com/v1"
+
+    @property
+    def simulator_mode(self) -> bool:
+        """True when no OpenAI key is configured: everything talks to the built-in simulator."""
+        return self.openai_api_key is None
+
+    @property
+    def allowed_webhook_hosts(self) -> frozenset[str]:
+        return frozenset(h.strip().lower() for h in self.webhook_allowed_hosts.split(",") if h.strip())
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Build settings from the environment, turning pydantic's report into one line per bad variable."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        lines = []
+        for err in exc.errors():
+            name = str(err["loc"][0]).upper() if err["loc"] else "?"
+            shown = "***" if _SECRET_HINT.search(name) else repr(err.get("input"))
+            lines.append(f"{name}: {err['msg']} (got {shown})")
+        raise ConfigError("invalid configuration:\n  " + "\n  ".join(lines)) from None
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return load_settings()

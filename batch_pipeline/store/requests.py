@@ -1,0 +1,190 @@
+"""Requests: intake inserts, lookups, listing and redelivery (async, used by the intake API).
+
+Intake is append-only: one INSERT per request, no counter rows or locks shared between requests,
+committed before the API answers 202.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+from psycopg.rows import dict_row
+from psycopg.types.json import Jsonb
+
+from batch_pipeline.validation import NewRequest
+
+INSERT_REQUEST = """
+INSERT INTO batchman.requests
+    (custom_id, endpoint, model, payload, payload_bytes, estimated_tokens, delivery_config)
+VALUES (%s, %s, %s, %s, %s, %s, %s)
+ON CONFLICT (custom_id) DO NOTHING
+RETURNING id
+"""
+
+EXISTING_CUSTOM_IDS = "SELECT custom_id FROM batchman.requests WHERE custom_id = ANY(%s)"
+
+COPY_COLUMNS = "(custom_id, endpoint, model, payload, payload_bytes, estimated_tokens, delivery_config)"
+COPY_REQUESTS = f"COPY batchman.requests {COPY_COLUMNS} FROM STDIN"
+
+# Slow path for bulk intake when a concurrent writer raced us on a custom_id.
+CREATE_STAGING = """
+CREATE TEMP TABLE requests_staging (LIKE batchman.requests INCLUDING DEFAULTS) ON COMMIT DROP
+"""
+COPY_STAGING = f"COPY requests_staging {COPY_COLUMNS} FROM STDIN"
+MERGE_STAGING = f"""
+INSERT INTO batchman.requests {COPY_COLUMNS}
+SELECT custom_id, endpoint, model, payload, payload_bytes, estimated_tokens, delivery_config
+FROM requests_staging ORDER BY id
+ON CONFLICT (custom_id) DO NOTHING
+RETURNING custom_id
+"""
+
+REQUEST_COLUMNS = """
+r.id, r.batch_id, r.custom_id, r.endpoint AS url, r.model, r.state, r.delivery_config, r.error_msg,
+r.created_at, r.updated_at, r.payload_bytes AS request_payload_size,
+r.delivery_attempt_count, r.next_attempt_at, r.estimated_tokens, r.result
+"""
+
+GET_REQUEST = f"SELECT {REQUEST_COLUMNS} FROM batchman.requests r WHERE r.custom_id = %s"
+
+GET_ATTEMPTS = """
+SELECT id, outcome, error_msg, delivery_config, http_status, duration_ms, attempted_at
+FROM batchman.delivery_attempts WHERE request_id = %s
+ORDER BY attempted_at DESC, id DESC
+"""
+
+# States from which a stored result may be sent again (the seed's list).
+REDELIVERABLE_STATES = ("openai_processed", "delivered", "failed", "delivery_failed", "expired", "cancelled")
+
+REDELIVER = """
+UPDATE batchman.requests
+SET state = 'openai_processed', next_attempt_at = now(), updated_at = now()
+WHERE custom_id = %s AND result IS NOT NULL AND state = ANY(%s)
+RETURNING id, custom_id, state
+"""
+
+
+def _row(r: NewRequest) -> tuple:
+    return (
+        r.custom_id,
+        r.url,
+        r.model,
+        r.payload,
+        r.payload_bytes,
+        r.estimated_tokens,
+        Jsonb(r.delivery_config),
+    )
+
+
+async def insert_request(conn: psycopg.AsyncConnection, request: NewRequest) -> bool:
+    """Store one request; False when its custom_id already exists. Commits before returning."""
+    cur = await conn.execute(INSERT_REQUEST, _row(request))
+    inserted = await cur.fetchone() is not None
+    await conn.commit()
+    return inserted
+
+
+async def _copy(cur: psycopg.AsyncCursor, statement: str, requests: Sequence[NewRequest]) -> None:
+    async with cur.copy(statement) as copy:
+        for r in requests:
+            await copy.write_row(
+                (
+                    r.custom_id,
+                    r.url,
+                    r.model,
+                    r.payload,
+                    r.payload_bytes,
+                    r.estimated_tokens,
+                    json.dumps(r.delivery_config),
+                )
+            )
+
+
+async def insert_bulk(conn: psycopg.AsyncConnection, requests: Sequence[NewRequest]) -> set[str]:
+    """Store many requests in one transaction; return the custom_ids inserted (the rest existed).
+
+    Fast path: drop ids that already exist, then COPY straight into the table. If a concurrent writer
+    inserts one of our ids in between, the COPY fails as a whole and we redo it through a staging
+    table with ON CONFLICT DO NOTHING.
+    """
+    if not requests:
+        return set()
+    ids = [r.custom_id for r in requests]
+    cur = conn.cursor()
+    await cur.execute(EXISTING_CUSTOM_IDS, (ids,))
+    existing = {row[0] for row in await cur.fetchall()}
+    fresh = [r for r in requests if r.custom_id not in existing]
+    try:
+        await _copy(cur, COPY_REQUESTS, fresh)
+        await conn.commit()
+        return {r.custom_id for r in fresh}
+    except psycopg.errors.UniqueViolation:
+        await conn.rollback()
+    await cur.execute(CREATE_STAGING)
+    await _copy(cur, COPY_STAGING, requests)
+    await cur.execute(MERGE_STAGING)
+    inserted = {row[0] for row in await cur.fetchall()}
+    await conn.commit()
+    return inserted
+
+
+async def get_request(conn: psycopg.AsyncConnection, custom_id: str) -> dict[str, Any] | None:
+    """One request with its delivery attempts (newest first), or None."""
+    cur = conn.cursor(row_factory=dict_row)
+    await cur.execute(GET_REQUEST, (custom_id,))
+    row = await cur.fetchone()
+    if row is None:
+        return None
+    await cur.execute(GET_ATTEMPTS, (row["id"],))
+    row["delivery_attempts"] = await cur.fetchall()
+    row["delivery_attempt_count"] = len(row["delivery_attempts"])
+    return row
+
+
+@dataclass(frozen=True)
+class RequestFilter:
+    state: str | None = None
+    batch_id: int | None = None
+    model: str | None = None
+    url: str | None = None
+    search: str | None = None
+
+
+async def list_requests(
+    conn: psycopg.AsyncConnection, flt: RequestFilter, limit: int, before_id: int | None
+) -> list[dict[str, Any]]:
+    """Newest first, keyset-paginated on id (``before_id`` is the last id of the previous page)."""
+    clauses, params = [], []
+    for column, value in (
+        ("r.state", flt.state),
+        ("r.batch_id", flt.batch_id),
+        ("r.model", flt.model),
+        ("r.endpoint", flt.url),
+    ):
+        if value is not None:
+            clauses.append(f"{column} = %s")
+            params.append(value)
+    if flt.search:
+        clauses.append("r.custom_id LIKE %s")
+        params.append("%" + flt.search.replace("\\", "\\\\").replace("%", r"\%").replace("_", r"\_") + "%")
+    if before_id is not None:
+        clauses.append("r.id < %s")
+        params.append(before_id)
+    where = " AND ".join(clauses) or "TRUE"
+    query = f"SELECT {REQUEST_COLUMNS} FROM batchman.requests r WHERE {where} ORDER BY r.id DESC LIMIT %s"
+    cur = conn.cursor(row_factory=dict_row)
+    await cur.execute(query, (*params, limit))
+    return await cur.fetchall()
+
+
+async def redeliver_request(conn: psycopg.AsyncConnection, custom_id: str) -> dict[str, Any] | None:
+    """Queue a stored result for delivery again; None when the state or a missing result forbids it."""
+    cur = conn.cursor(row_factory=dict_row)
+    await cur.execute(REDELIVER, (custom_id, list(REDELIVERABLE_STATES)))
+    row = await cur.fetchone()
+    await conn.commit()
+    return row

@@ -1,0 +1,171 @@
+"""Validation of one submitted request, shared by HTTP intake, bulk intake and the RabbitMQ consumer.
+
+Input is the decoded JSON of a ``POST /api/requests`` body. Output is either a ``NewRequest`` ready to
+store, or a list of errors in the seed's envelope shape (``{code, title, detail, source: {pointer}}``).
+Unknown fields inside ``body`` pass through to OpenAI untouched; unknown top-level fields are rejected,
+as the seed does.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+from batch_pipeline.endpoints import ENDPOINTS, SUPPORTED_URLS
+from batch_pipeline.tokens import count_embedding_inputs, estimate_tokens
+
+TOP_LEVEL_FIELDS = ("custom_id", "url", "method", "body", "delivery_config")
+RABBITMQ_QUEUE_MAX_BYTES = 255  # AMQP short string
+
+# A policy hook for webhook URLs (the SSRF check): returns a reason to reject, or None.
+UrlPolicy = Callable[[str], str | None]
+
+
+@dataclass(frozen=True)
+class Limits:
+    custom_id_max_length: int = 512
+    batch_max_bytes: int = 199_000_000
+    token_safety_factor: float = 1.1
+
+
+@dataclass(frozen=True)
+class NewRequest:
+    custom_id: str
+    url: str
+    model: str
+    payload: str  # the exact JSONL line for OpenAI
+    payload_bytes: int
+    estimated_tokens: int
+    delivery_config: dict[str, str]
+
+
+class RequestTooLarge(ValueError):
+    """The request cannot fit in any batch; HTTP answers 413."""
+
+
+def error(detail: str, pointer: str, code: str = "validation_error", title: str = "Invalid value") -> dict:
+    return {"code": code, "title": title, "detail": detail, "source": {"pointer": pointer}}
+
+
+def _delivery_errors(cfg: Any, pointer: str, url_policy: UrlPolicy | None) -> list[dict]:
+    if not isinstance(cfg, dict):
+        return [error("delivery_config must be an object", pointer)]
+    kind = cfg.get("type")
+    if kind == "webhook":
+        allowed = {"type", "webhook_url"}
+        errs = [error(f"Unexpected field: {k}", f"{pointer}/{k}") for k in cfg if k not in allowed]
+        url = cfg.get("webhook_url")
+        if not isinstance(url, str) or not url:
+            return [*errs, error("webhook_url is required and must be a string", f"{pointer}/webhook_url")]
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            errs.append(
+                error("webhook_url must be an http or https URL with a host", f"{pointer}/webhook_url")
+            )
+        elif url_policy and (reason := url_policy(url)):
+            errs.append(error(reason, f"{pointer}/webhook_url", code="webhook_url_not_allowed"))
+        return errs
+    if kind == "rabbitmq":
+        errs = []
+        for legacy in ("rabbitmq_exchange", "rabbitmq_routing_key"):
+            if legacy in cfg:
+                errs.append(
+                    error(f"{legacy} is no longer supported; use rabbitmq_queue only", f"{pointer}/{legacy}")
+                )
+        errs += [
+            error(f"Unexpected field: {k}", f"{pointer}/{k}")
+            for k in cfg
+            if k not in ("type", "rabbitmq_queue", "rabbitmq_exchange", "rabbitmq_routing_key")
+        ]
+        queue = cfg.get("rabbitmq_queue")
+        if not isinstance(queue, str) or not queue.strip():
+            errs.append(
+                error(
+                    "rabbitmq_queue is required and must be a non-empty string", f"{pointer}/rabbitmq_queue"
+                )
+            )
+        elif len(queue.encode()) > RABBITMQ_QUEUE_MAX_BYTES:
+            errs.append(error("rabbitmq_queue must be at most 255 bytes", f"{pointer}/rabbitmq_queue"))
+        return errs
+    return [error("delivery_config.type must be 'webhook' or 'rabbitmq'", f"{pointer}/type")]
+
+
+def _body_errors(url: Any, body: Any, pointer: str) -> list[dict]:
+    if not isinstance(body, dict):
+        return [error("body must be an object", pointer)]
+    errs = []
+    model = body.get("model")
+    if not isinstance(model, str) or not model.strip():
+        errs.append(error("body.model is required and must be a non-empty string", f"{pointer}/model"))
+    if body.get("stream") is True:
+        errs.append(error("stream: true is not supported by the Batch API", f"{pointer}/stream"))
+    endpoint = ENDPOINTS.get(url) if isinstance(url, str) else None
+    if endpoint and endpoint.max_inputs and count_embedding_inputs(body) > endpoint.max_inputs:
+        errs.append(error(f"at most {endpoint.max_inputs} inputs per request", f"{pointer}/input"))
+    return errs
+
+
+def validate_request(
+    obj: Any, limits: Limits, pointer: str = "", url_policy: UrlPolicy | None = None
+) -> NewRequest | list[dict]:
+    """Validate one decoded request object. Raises ``RequestTooLarge`` when no batch could hold it."""
+    if not isinstance(obj, dict):
+        return [error("request must be a JSON object", pointer or "/")]
+    errs = [error(f"Missing field: {f}", f"{pointer}/{f}") for f in TOP_LEVEL_FIELDS if f not in obj]
+    errs += [error(f"Unexpected field: {k}", f"{pointer}/{k}") for k in obj if k not in TOP_LEVEL_FIELDS]
+
+    custom_id = obj.get("custom_id")
+    if "custom_id" in obj:
+        if not isinstance(custom_id, str) or not custom_id.strip():
+            errs.append(error("custom_id must be a non-empty string", f"{pointer}/custom_id"))
+        elif custom_id != custom_id.strip():
+            errs.append(error("custom_id must not start or end with whitespace", f"{pointer}/custom_id"))
+        elif len(custom_id) > limits.custom_id_max_length:
+            errs.append(
+                error(
+                    f"custom_id must be at most {limits.custom_id_max_length} characters",
+                    f"{pointer}/custom_id",
+                )
+            )
+    url = obj.get("url")
+    if "url" in obj and url not in ENDPOINTS:
+        errs.append(error(f"url must be one of: {', '.join(SUPPORTED_URLS)}", f"{pointer}/url"))
+    if "method" in obj and obj["method"] != "POST":
+        errs.append(error("method must be POST", f"{pointer}/method"))
+    if "body" in obj:
+        errs += _body_errors(url, obj["body"], f"{pointer}/body")
+    if "delivery_config" in obj:
+        errs += _delivery_errors(obj["delivery_config"], f"{pointer}/delivery_config", url_policy)
+    if errs:
+        return errs
+
+    body = obj["body"]
+    # The line OpenAI receives: delivery_config never leaves this service.
+    payload = json.dumps(
+        {"custom_id": custom_id, "method": "POST", "url": url, "body": body},
+        ensure_ascii=False,
+        separators=(",", ":"),
+    )
+    payload_bytes = len(payload.encode())
+    if payload_bytes + 1 > limits.batch_max_bytes:
+        raise RequestTooLarge(
+            f"request is {payload_bytes} bytes as a batch line; "
+            f"a batch file holds at most {limits.batch_max_bytes} bytes"
+        )
+    delivery = obj["delivery_config"]
+    if delivery["type"] == "webhook":
+        delivery = {"type": "webhook", "webhook_url": delivery["webhook_url"]}
+    else:
+        delivery = {"type": "rabbitmq", "rabbitmq_queue": delivery["rabbitmq_queue"]}
+    return NewRequest(
+        custom_id=custom_id,
+        url=url,
+        model=body["model"],
+        payload=payload,
+        payload_bytes=payload_bytes,
+        estimated_tokens=estimate_tokens(url, body, limits.token_safety_factor),
+        delivery_config=delivery,
+    )

@@ -1,0 +1,1 @@
+"""The FastAPI intake service: REST API, OpenAPI docs, health, metrics and the operator UI."""

@@ -1,0 +1,84 @@
+"""The intake API application: ``create_app()`` wires settings, the Postgres pool, routers and docs."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
+from psycopg_pool import AsyncConnectionPool
+
+import batch_pipeline
+from batch_pipeline.config import Settings, get_settings
+from batch_pipeline.intake import IntakeService
+from intake_api.errors import install_error_handlers
+from intake_api.routes import health, requests
+from intake_api.schemas import RequestInput
+
+log = logging.getLogger(__name__)
+
+# Models referenced from hand-written request bodies must be added to the OpenAPI components.
+EXTRA_SCHEMAS = (RequestInput,)
+
+
+def create_app(settings: Settings | None = None, database_url: str | None = None) -> FastAPI:
+    """Build the app. ``database_url`` overrides ``settings.database_url`` (e.g. the embedded server)."""
+    settings = settings or get_settings()
+    dsn = database_url or settings.database_url
+    if not dsn:
+        raise RuntimeError("no database URL: set DATABASE_URL or start through `batchman up`")
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        pool = AsyncConnectionPool(
+            dsn, min_size=1, max_size=settings.db_pool_max_size, open=False, timeout=10, name="intake"
+        )
+        await pool.open()
+        app.state.pool = pool
+        try:
+            yield
+        finally:
+            await pool.close()
+
+    app = FastAPI(
+        title="OpenAI Batch Manager API",
+        version=batch_pipeline.__version__,
+        openapi_url="/api/openapi",
+        docs_url="/api/swaggerui",
+        redoc_url=None,
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.intake = IntakeService(settings)
+    install_error_handlers(app)
+    app.include_router(health.router)
+    app.include_router(requests.router)
+    app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
+    return app
+
+
+def _openapi(app: FastAPI) -> dict:
+    if app.openapi_schema is None:
+        schema = get_openapi(title=app.title, version=app.version, routes=app.routes)
+        components = schema.setdefault("components", {}).setdefault("schemas", {})
+        for model in EXTRA_SCHEMAS:
+            generated = model.model_json_schema(ref_template="#/components/schemas/{model}")
+            components.update(generated.pop("$defs", {}))
+            components[model.__name__] = generated
+        # Our error envelope replaces FastAPI's default 422 shape, so drop the unused defaults.
+        for name in ("HTTPValidationError", "ValidationError"):
+            components.pop(name, None)
+        for path in schema["paths"].values():
+            for op in path.values():
+                default_422 = op.get("responses", {}).get("422", {})
+                if "HTTPValidationError" in str(default_422):
+                    op["responses"]["422"] = {
+                        "description": "Validation Error",
+                        "content": {
+                            "application/json": {"schema": {"$ref": "#/components/schemas/ErrorEnvelope"}}
+                        },
+                    }
+        app.openapi_schema = schema
+    return app.openapi_schema

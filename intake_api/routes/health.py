@@ -1,0 +1,39 @@
+"""Liveness (no dependencies) and readiness (the database answers)."""
+
+from __future__ import annotations
+
+import asyncio
+
+from fastapi import APIRouter
+from fastapi.responses import JSONResponse
+
+from intake_api.deps import PoolDep, SettingsDep
+from intake_api.schemas import Health, Ready
+
+router = APIRouter(tags=["health"])
+
+READY_TIMEOUT_SECONDS = 3.0
+
+
+@router.get("/health", response_model=Health, summary="Liveness: the process answers")
+async def health(settings: SettingsDep) -> dict:
+    return {"status": "ok", "simulator": settings.simulator_mode}
+
+
+@router.get(
+    "/health/ready",
+    response_model=Ready,
+    responses={503: {"model": Ready, "description": "A dependency is down"}},
+    summary="Readiness: Postgres answers",
+)
+async def ready(pool: PoolDep) -> JSONResponse:
+    checks: dict[str, str] = {}
+    try:
+        async with asyncio.timeout(READY_TIMEOUT_SECONDS):
+            async with pool.connection() as conn:
+                await conn.execute("SELECT 1 FROM batchman.schema_migrations LIMIT 1")
+        checks["postgres"] = "ok"
+    except Exception as exc:  # any failure means not ready; the reason is reported, not raised
+        checks["postgres"] = f"error: {type(exc).__name__}"
+    ok = all(v == "ok" for v in checks.values())
+    return JSONResponse({"status": "ok" if ok else "unavailable", "checks": checks}, 200 if ok else 503)

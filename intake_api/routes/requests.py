@@ -1,0 +1,139 @@
+"""``/api/requests``: submit (one or bulk), look up, list and redeliver requests."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Query, Request, Response
+
+from batch_pipeline.store import requests as store
+from intake_api.body import decode_items, decode_json, read_limited
+from intake_api.deps import ConnDep, IntakeDep, SettingsDep, require_token
+from intake_api.errors import ApiError, ApiErrors
+from intake_api.schemas import (
+    Accepted,
+    BulkResponse,
+    Redelivered,
+    RequestDetail,
+    RequestPage,
+    errors_doc,
+)
+
+router = APIRouter(prefix="/api/requests", tags=["requests"], dependencies=[Depends(require_token)])
+
+
+def _request_body_doc(schema_ref: str, ndjson: bool = False) -> dict:
+    content = {"application/json": {"schema": {"$ref": schema_ref}}}
+    if ndjson:
+        content["application/json"] = {"schema": {"type": "array", "items": {"$ref": schema_ref}}}
+        content["application/x-ndjson"] = {"schema": {"$ref": schema_ref}}
+    return {"requestBody": {"required": True, "content": content}}
+
+
+def _not_found(custom_id: str) -> ApiError:
+    return ApiError(404, "not_found", "Request Not Found", f"No request found with custom_id={custom_id}")
+
+
+@router.post(
+    "",
+    status_code=202,
+    response_model=Accepted,
+    responses=errors_doc(401, 409, 413, 422),
+    openapi_extra=_request_body_doc("#/components/schemas/RequestInput"),
+    summary="Submit one request",
+)
+async def create_request(
+    request: Request, conn: ConnDep, intake: IntakeDep, settings: SettingsDep
+) -> Response:
+    obj = decode_json(await read_limited(request, settings.intake_max_body_bytes))
+    outcome = await intake.submit(conn, obj)
+    if outcome.status == "accepted":
+        return Response(json.dumps({"custom_id": outcome.custom_id}), 202, media_type="application/json")
+    if outcome.status == "duplicate":
+        raise ApiError(
+            409,
+            "duplicate_custom_id",
+            "Custom ID Already Exists",
+            "A request with this custom_id already exists in the batch",
+            "/custom_id",
+        )
+    raise ApiErrors(413 if outcome.status == "too_large" else 422, outcome.errors)
+
+
+@router.post(
+    "/bulk",
+    response_model=BulkResponse,
+    responses=errors_doc(401, 413, 422),
+    openapi_extra=_request_body_doc("#/components/schemas/RequestInput", ndjson=True),
+    summary="Submit many requests (JSON array or NDJSON); one result per item",
+)
+async def create_bulk(request: Request, conn: ConnDep, intake: IntakeDep, settings: SettingsDep) -> Response:
+    raw = await read_limited(request, settings.bulk_max_body_bytes)
+    items = decode_items(raw, request.headers.get("content-type", ""))
+    if len(items) > settings.bulk_max_items:
+        raise ApiError(
+            413,
+            "too_many_items",
+            "Too Many Items",
+            f"At most {settings.bulk_max_items} requests per bulk call.",
+        )
+    if not items:
+        raise ApiError(422, "validation_error", "Invalid value", "No requests in the body.", "/")
+    outcomes = await intake.submit_bulk(conn, items)
+    counts = {s: sum(o.status == s for o in outcomes) for s in ("accepted", "duplicate")}
+    body = {
+        "accepted": counts["accepted"],
+        "duplicate": counts["duplicate"],
+        "invalid": len(outcomes) - counts["accepted"] - counts["duplicate"],
+        "results": [o.as_dict() for o in outcomes],
+    }
+    return Response(json.dumps(body), 200, media_type="application/json")
+
+
+@router.get("", response_model=RequestPage, responses=errors_doc(401, 422), summary="List requests")
+async def list_requests(
+    conn: ConnDep,
+    state: str | None = None,
+    batch_id: int | None = None,
+    model: str | None = None,
+    url: str | None = None,
+    q: Annotated[str | None, Query(description="Substring of custom_id")] = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    before: Annotated[int | None, Query(description="Cursor: the next_cursor of the previous page")] = None,
+) -> dict:
+    flt = store.RequestFilter(state=state, batch_id=batch_id, model=model, url=url, search=q)
+    rows = await store.list_requests(conn, flt, limit + 1, before)
+    page = rows[:limit]
+    return {"data": page, "next_cursor": page[-1]["id"] if len(rows) > limit else None}
+
+
+@router.post(
+    "/{custom_id:path}/redeliver",
+    status_code=202,
+    response_model=Redelivered,
+    responses=errors_doc(401, 404, 422),
+    summary="Deliver a stored result again",
+)
+async def redeliver(custom_id: str, conn: ConnDep) -> dict:
+    row = await store.redeliver_request(conn, custom_id)
+    if row is not None:
+        return {**row, "message": "Redelivery triggered"}
+    current = await store.get_request(conn, custom_id)
+    if current is None:
+        raise _not_found(custom_id)
+    reason = "it has no result yet" if current["result"] is None else f"it is in state {current['state']}"
+    raise ApiError(422, "invalid_state", "Invalid Request State", f"Request cannot be redelivered: {reason}")
+
+
+@router.get(
+    "/{custom_id:path}",
+    response_model=RequestDetail,
+    responses=errors_doc(401, 404),
+    summary="Look up a request, its delivery attempts and its result",
+)
+async def get_request(custom_id: str, conn: ConnDep) -> dict:
+    row = await store.get_request(conn, custom_id)
+    if row is None:
+        raise _not_found(custom_id)
+    return row

@@ -1,0 +1,144 @@
+"""Shared fixtures: a real Postgres (TEST_DATABASE_URL, else an embedded one), one fresh database per
+test cloned from a migrated template, a real uvicorn server for the API, and RabbitMQ.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+import uvicorn
+
+from batch_pipeline.config import Settings, load_settings
+from batch_pipeline.migrate import migrate
+
+IN_CI = os.environ.get("CI", "").lower() == "true"
+
+
+def _with_database(url: str, name: str) -> str:
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    return urlunsplit((parts.scheme, parts.netloc, f"/{name}", parts.query, parts.fragment))
+
+
+@pytest.fixture(scope="session")
+def pg_server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """An admin URL for a real Postgres server the tests may create databases on."""
+    url = os.environ.get("TEST_DATABASE_URL")
+    if url:
+        yield url
+        return
+    from batch_pipeline.embedded_postgres import EmbeddedPostgres
+
+    with EmbeddedPostgres(tmp_path_factory.mktemp("embedded-pg")) as pg:
+        yield pg.url("postgres")
+
+
+@pytest.fixture(scope="session")
+def template_db(pg_server_url: str) -> Iterator[str]:
+    name = f"batchman_tpl_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(pg_server_url, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    migrate(_with_database(pg_server_url, name))
+    yield name
+    with psycopg.connect(pg_server_url, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def db_url(pg_server_url: str, template_db: str) -> Iterator[str]:
+    """A freshly migrated database of its own for one test."""
+    name = f"batchman_t_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(pg_server_url, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template_db}"')
+    yield _with_database(pg_server_url, name)
+    with psycopg.connect(pg_server_url, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def empty_db_url(pg_server_url: str) -> Iterator[str]:
+    """A database with nothing in it, for migration tests."""
+    name = f"batchman_e_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(pg_server_url, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    yield _with_database(pg_server_url, name)
+    with psycopg.connect(pg_server_url, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class ServerThread:
+    """A real uvicorn server for an ASGI app, on a free loopback port, in a background thread."""
+
+    def __init__(self, app: object) -> None:
+        self.port = free_port()
+        self.server = uvicorn.Server(
+            uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="on")
+        )
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def __enter__(self) -> ServerThread:
+        self.thread.start()
+        deadline = time.monotonic() + 15
+        while not self.server.started:
+            if time.monotonic() > deadline or not self.thread.is_alive():
+                raise RuntimeError("server did not start")
+            time.sleep(0.02)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
+
+
+def make_settings(tmp_path: Path, **overrides: object) -> Settings:
+    """Settings isolated from the developer's environment and .env file."""
+    values: dict[str, object] = {"data_dir": tmp_path, "openai_api_key": None}
+    values.update(overrides)
+    return load_settings(_env_file=None, **values)
+
+
+@pytest.fixture
+def settings(tmp_path: Path, db_url: str) -> Settings:
+    return make_settings(tmp_path, database_url=db_url)
+
+
+@pytest.fixture
+def api(settings: Settings, db_url: str) -> Iterator[ServerThread]:
+    from intake_api.main import create_app
+
+    with ServerThread(create_app(settings, database_url=db_url)) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def rabbitmq_url() -> str:
+    """A reachable RabbitMQ; skipped locally when there is none, a failure when CI=true."""
+    url = os.environ.get("RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672/%2F")
+    import pika
+
+    try:
+        pika.BlockingConnection(pika.URLParameters(url)).close()
+    except Exception as exc:
+        if IN_CI:
+            pytest.fail(f"RabbitMQ at {url} is not reachable in CI: {exc}")
+        pytest.skip(f"RabbitMQ not reachable: {exc}")
+    return url
