@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import time
+from collections.abc import AsyncIterable, AsyncIterator, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
 import psycopg
 
 from batch_pipeline.config import Settings
+from batch_pipeline.fast_decode import fast_validate
 from batch_pipeline.model_limits import token_limit_for
 from batch_pipeline.store import model_limits as limits_store
 from batch_pipeline.store import requests as requests_store
@@ -40,6 +43,21 @@ class Undecodable:
     detail: str
 
 
+class TooManyItems(ValueError):
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"at most {limit} requests per bulk call")
+        self.limit = limit
+
+
+async def _chunks(items: Iterable[Any] | AsyncIterable[list[Any]]) -> AsyncIterator[Iterable[Any]]:
+    # Streams arrive in chunks of items: one await per chunk, not per item, keeps the loop cheap.
+    if isinstance(items, AsyncIterable):
+        async for chunk in items:
+            yield chunk
+    else:
+        yield items
+
+
 class IntakeService:
     def __init__(self, settings: Settings, url_policy: UrlPolicy | None = None) -> None:
         self.limits = Limits(
@@ -48,20 +66,43 @@ class IntakeService:
             token_safety_factor=settings.token_estimate_safety_factor,
         )
         self.url_policy = url_policy
+        self._token_limits: dict[str, int] = {}  # model -> limit, rebuilt when overrides are re-read
         self._overrides: dict[str, int] = {}
         self._overrides_at = float("-inf")
 
-    async def _token_overrides(self, conn: psycopg.AsyncConnection) -> dict[str, int]:
+    async def refresh_limits(self, conn: psycopg.AsyncConnection) -> None:
+        """Re-read operator overrides of per-model token limits when the cached copy is stale."""
         if time.monotonic() - self._overrides_at > OVERRIDES_TTL_SECONDS:
             self._overrides = await limits_store.fetch_overrides(conn)
+            self._token_limits = {}
             self._overrides_at = time.monotonic()
-        return self._overrides
 
-    def invalidate_overrides(self) -> None:
+    def invalidate_limits(self) -> None:
         self._overrides_at = float("-inf")
 
-    async def check(self, conn: psycopg.AsyncConnection, obj: Any, pointer: str = "") -> NewRequest | Outcome:
-        """Validate one item; a ``NewRequest`` when it may be stored, else the ``Outcome`` to report."""
+    def _token_limit(self, model: str) -> int:
+        limit = self._token_limits.get(model)
+        if limit is None:
+            limit = self._token_limits[model] = token_limit_for(model, self._overrides)
+        return limit
+
+    def check(self, obj: Any, pointer: str = "") -> NewRequest | Outcome:
+        """Validate one item (after ``refresh_limits``): a ``NewRequest``, or the ``Outcome`` to report.
+
+        ``obj`` is raw JSON bytes (fast path first) or an already decoded value.
+        """
+        if isinstance(obj, bytes | bytearray | memoryview):
+            fast = fast_validate(bytes(obj), self.limits, self.url_policy)
+            if fast is not None and fast.estimated_tokens <= self._token_limit(fast.model):
+                return fast
+            try:
+                obj = orjson.loads(obj)
+            except orjson.JSONDecodeError as exc:
+                obj = Undecodable(f"not valid JSON: {exc}")
+        if isinstance(obj, Undecodable):
+            return Outcome(
+                "invalid", None, [error(obj.detail, pointer or "/", "invalid_json", "Invalid JSON")]
+            )
         custom_id = obj.get("custom_id") if isinstance(obj, dict) else None
         custom_id = custom_id if isinstance(custom_id, str) else None
         try:
@@ -74,7 +115,7 @@ class IntakeService:
             )
         if isinstance(checked, list):
             return Outcome("invalid", custom_id, checked)
-        limit = token_limit_for(checked.model, await self._token_overrides(conn))
+        limit = self._token_limit(checked.model)
         if checked.estimated_tokens > limit:
             detail = (
                 f"request is estimated at {checked.estimated_tokens} input tokens, over the "
@@ -84,31 +125,54 @@ class IntakeService:
         return checked
 
     async def submit(self, conn: psycopg.AsyncConnection, obj: Any) -> Outcome:
-        checked = await self.check(conn, obj)
+        await self.refresh_limits(conn)
+        checked = self.check(obj)
         if isinstance(checked, Outcome):
             return checked
         inserted = await requests_store.insert_request(conn, checked)
         return Outcome("accepted" if inserted else "duplicate", checked.custom_id)
 
-    async def submit_bulk(self, conn: psycopg.AsyncConnection, objs: list[Any]) -> list[Outcome]:
-        """Validate every item, store the valid ones in one transaction; one outcome per item, in order."""
-        outcomes: list[Outcome | None] = [None] * len(objs)
-        to_store: list[tuple[int, NewRequest]] = []
+    async def submit_bulk(
+        self,
+        conn: psycopg.AsyncConnection,
+        objs: Iterable[Any] | AsyncIterable[Any],
+        max_items: int | None = None,
+    ) -> list[Outcome]:
+        """Validate every item and store the valid ones in one transaction; one outcome per item, in order.
+
+        ``objs`` may be an async iterable of item lists (NDJSON as it arrives). More than ``max_items`` raises
+        ``TooManyItems`` and stores nothing.
+
+        Validation and COPY are interleaved: rows stream to Postgres while later items are still being
+        checked, so the database's work overlaps ours (it runs in another process, on another core).
+        The COPY is optimistic: if any custom_id already exists it fails as a whole, and the batch is
+        re-inserted through a staging table with ON CONFLICT DO NOTHING (slower, but only then).
+        """
+        await self.refresh_limits(conn)
         seen: set[str] = set()
-        for index, obj in enumerate(objs):
-            if isinstance(obj, Undecodable):
-                outcomes[index] = Outcome("invalid", None, [error(obj.detail, f"/{index}")])
-                continue
-            checked = await self.check(conn, obj, f"/{index}")
-            if isinstance(checked, Outcome):
-                outcomes[index] = checked
-            elif checked.custom_id in seen:  # the first occurrence in the same call wins
-                outcomes[index] = Outcome("duplicate", checked.custom_id)
-            else:
-                seen.add(checked.custom_id)
-                to_store.append((index, checked))
-        inserted = await requests_store.insert_bulk(conn, [r for _, r in to_store])
-        for index, request in to_store:
-            status = "accepted" if request.custom_id in inserted else "duplicate"
-            outcomes[index] = Outcome(status, request.custom_id)
-        return [o for o in outcomes if o is not None]
+        outcomes: list[Outcome] = []
+        fresh: list[NewRequest] = []
+        async with requests_store.BulkWriter(conn) as writer:
+            index = -1
+            async for chunk in _chunks(objs):
+                for obj in chunk:
+                    index += 1
+                    if max_items is not None and index >= max_items:
+                        raise TooManyItems(max_items)
+                    checked = self.check(obj, f"/{index}")
+                    if isinstance(checked, Outcome):
+                        outcomes.append(checked)
+                    elif checked.custom_id in seen:  # the first occurrence in one call wins
+                        outcomes.append(Outcome("duplicate", checked.custom_id))
+                    else:
+                        seen.add(checked.custom_id)
+                        fresh.append(checked)
+                        await writer.write(checked)
+                        outcomes.append(Outcome("accepted", checked.custom_id))
+        if writer.raced:
+            # Some custom_id existed already (or a concurrent writer got there first).
+            inserted = await requests_store.insert_bulk_conflict_safe(conn, fresh)
+            for outcome in outcomes:
+                if outcome.status == "accepted" and outcome.custom_id not in inserted:
+                    outcome.status = "duplicate"
+        return outcomes

@@ -1,14 +1,20 @@
 """Input-token estimation for capacity control, without a tokenizer download.
 
-OpenAI's enqueued-token limit counts input tokens only. We estimate them from the text in the
-endpoint's input-bearing fields (``messages``, ``input``, ``prompt``, ``instructions``…):
+OpenAI's enqueued-token limit counts input tokens only. Everything in a request body that reaches the
+model counts: messages and input, but also instructions, tool definitions and JSON schemas, which
+OpenAI renders into the prompt. So we estimate from the whole JSONL line as sent:
 
-    tokens ≈ ascii_chars / 4 + non_ascii_chars x 1 + 4 per message/item, x safety factor
+    tokens ~ chars / 4 + 0.375 x (utf8_bytes - chars), x safety factor
 
-English averages about four characters per token; CJK and other non-Latin scripts are close to one
-token per character, so counting them at one keeps the estimate on the safe (high) side. The safety
-factor (``TOKEN_ESTIMATE_SAFETY_FACTOR``, default 1.1) covers the remaining error. Over-estimating only
-makes batches a little smaller; under-estimating makes OpenAI fail them with ``token_limit_exceeded``.
+English averages about four characters per token. A CJK character (3 UTF-8 bytes) then counts about
+one token, a Cyrillic or Greek one (2 bytes) about 0.6: on the safe (high) side for non-Latin
+scripts. JSON punctuation and keys also err high. Image and file payloads are the exception: base64
+text would overcount wildly and OpenAI prices images differently, so a line carrying them is
+estimated from its text fields only. The safety factor (``TOKEN_ESTIMATE_SAFETY_FACTOR``, default
+1.1) covers the remaining error. Over-estimating only makes batches a little smaller;
+under-estimating makes OpenAI fail them with ``token_limit_exceeded``.
+
+The estimate is computed from lengths we already have, so it costs nothing on the intake hot path.
 """
 
 from __future__ import annotations
@@ -16,10 +22,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 
-from batch_pipeline.endpoints import ENDPOINTS
-
-# Role markers and separators OpenAI adds around each chat message.
-PER_ITEM_OVERHEAD = 4
+import orjson
 
 
 def _walk_text(value: object) -> Iterable[str]:
@@ -31,29 +34,29 @@ def _walk_text(value: object) -> Iterable[str]:
     elif isinstance(value, dict):
         for key, item in value.items():
             # Image/file payloads are priced differently and base64 text would wildly overcount.
-            if key in ("image_url", "file_data", "image", "b64_json"):
+            if key in ("image_url", "file_data", "image", "b64_json", "file_url"):
                 continue
             yield from _walk_text(item)
 
 
-def _count_items(value: object) -> int:
-    return len(value) if isinstance(value, list) else 1
+def _text_tokens(chars: int, utf8_bytes: int) -> float:
+    return chars / 4 + 0.375 * (utf8_bytes - chars)
 
 
-def estimate_tokens(url: str, body: dict, safety_factor: float = 1.1) -> int:
-    """Estimated input tokens of one request body sent to ``url``; at least 1."""
-    endpoint = ENDPOINTS.get(url)
-    fields = endpoint.input_fields if endpoint else ("input", "messages", "prompt")
-    raw = 0.0
-    items = 0
-    for field in fields:
-        if field not in body:
-            continue
-        items += _count_items(body[field])
-        for text in _walk_text(body[field]):
-            ascii_chars = sum(1 for ch in text if ord(ch) < 128) if not text.isascii() else len(text)
-            raw += ascii_chars / 4 + (len(text) - ascii_chars)
-    raw += PER_ITEM_OVERHEAD * items
+# Keys whose values are binary payloads (base64 images, files).
+_BINARY_MARKERS = ('"image_url"', '"file_data"', '"image"', '"b64_json"', '"input_image"', '"input_file"')
+
+
+def estimate_tokens(line: str, utf8_bytes: int, body: dict | None, safety_factor: float = 1.1) -> int:
+    """Estimated input tokens of one request, from its JSONL ``line`` (and its ``body`` for images;
+    decoded from the line when not given)."""
+    if any(marker in line for marker in _BINARY_MARKERS):
+        if body is None:
+            body = orjson.loads(line)["body"]
+        texts = (t for t in _walk_text(body) if not t.startswith("data:"))  # inline base64 files
+        raw = sum(_text_tokens(len(t), len(t.encode())) for t in texts)
+    else:
+        raw = _text_tokens(len(line), utf8_bytes)
     return max(1, math.ceil(raw * safety_factor))
 
 

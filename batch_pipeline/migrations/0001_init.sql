@@ -79,10 +79,10 @@ CREATE TABLE batchman.requests (
 -- Queued requests not yet in a batch, per group, in arrival order: what the batching sensor scans.
 CREATE INDEX requests_queued_idx ON batchman.requests (endpoint, model, id)
     WHERE state = 'pending' AND batch_id IS NULL;
-CREATE INDEX requests_batch_idx ON batchman.requests (batch_id, state);
+-- Partial: intake rows (no batch yet) never touch it, keeping the insert path to three indexes.
+CREATE INDEX requests_batch_idx ON batchman.requests (batch_id, state) WHERE batch_id IS NOT NULL;
 -- Results due for a (re)delivery attempt.
 CREATE INDEX requests_due_idx ON batchman.requests (next_attempt_at) WHERE state = 'openai_processed';
-CREATE INDEX requests_created_at_idx ON batchman.requests (created_at, id);
 
 -- Audit trail: every batch state change with time and reason.
 CREATE TABLE batchman.batch_transitions (

@@ -6,11 +6,11 @@ committed before the API answers 202.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
 import psycopg
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
@@ -88,44 +88,73 @@ async def insert_request(conn: psycopg.AsyncConnection, request: NewRequest) -> 
     return inserted
 
 
-async def _copy(cur: psycopg.AsyncCursor, statement: str, requests: Sequence[NewRequest]) -> None:
-    async with cur.copy(statement) as copy:
-        for r in requests:
-            await copy.write_row(
-                (
-                    r.custom_id,
-                    r.url,
-                    r.model,
-                    r.payload,
-                    r.payload_bytes,
-                    r.estimated_tokens,
-                    json.dumps(r.delivery_config),
-                )
-            )
+def _copy_row(r: NewRequest) -> tuple:
+    return (
+        r.custom_id,
+        r.url,
+        r.model,
+        r.payload,
+        r.payload_bytes,
+        r.estimated_tokens,
+        orjson.dumps(r.delivery_config).decode(),
+    )
 
 
-async def insert_bulk(conn: psycopg.AsyncConnection, requests: Sequence[NewRequest]) -> set[str]:
-    """Store many requests in one transaction; return the custom_ids inserted (the rest existed).
+async def existing_custom_ids(conn: psycopg.AsyncConnection, custom_ids: Sequence[str]) -> set[str]:
+    cur = await conn.execute(EXISTING_CUSTOM_IDS, (list(custom_ids),))
+    return {row[0] for row in await cur.fetchall()}
 
-    Fast path: drop ids that already exist, then COPY straight into the table. If a concurrent writer
-    inserts one of our ids in between, the COPY fails as a whole and we redo it through a staging
-    table with ON CONFLICT DO NOTHING.
+
+class BulkWriter:
+    """COPY rows straight into ``requests`` as they are validated, committing on a clean exit.
+
+    A unique violation (one of our custom_ids exists already) aborts the COPY; ``raced`` is then True,
+    nothing was stored, and the caller retries conflict-safely.
     """
-    if not requests:
-        return set()
-    ids = [r.custom_id for r in requests]
+
+    def __init__(self, conn: psycopg.AsyncConnection) -> None:
+        self.conn = conn
+        self.raced = False
+        self._cursor = conn.cursor()
+        self._copy_cm = None
+        self._copy = None
+
+    async def __aenter__(self) -> BulkWriter:
+        self._copy_cm = self._cursor.copy(COPY_REQUESTS)
+        self._copy = await self._copy_cm.__aenter__()
+        return self
+
+    async def write(self, request: NewRequest) -> None:
+        if self.raced:
+            return  # the COPY already failed; the caller redoes everything conflict-safely
+        try:
+            await self._copy.write_row(_copy_row(request))
+        except psycopg.errors.UniqueViolation:
+            self.raced = True
+
+    async def __aexit__(self, exc_type: type | None, exc: BaseException | None, tb: object) -> None:
+        try:
+            await self._copy_cm.__aexit__(exc_type, exc, tb)
+        except psycopg.errors.UniqueViolation:
+            self.raced = True
+        except psycopg.Error:
+            if not self.raced and exc_type is None:
+                raise
+        if exc_type is None and not self.raced:
+            await self.conn.commit()
+        else:
+            await self.conn.rollback()
+
+
+async def insert_bulk_conflict_safe(
+    conn: psycopg.AsyncConnection, requests: Sequence[NewRequest]
+) -> set[str]:
+    """Insert through a staging table with ON CONFLICT DO NOTHING; return the custom_ids inserted."""
     cur = conn.cursor()
-    await cur.execute(EXISTING_CUSTOM_IDS, (ids,))
-    existing = {row[0] for row in await cur.fetchall()}
-    fresh = [r for r in requests if r.custom_id not in existing]
-    try:
-        await _copy(cur, COPY_REQUESTS, fresh)
-        await conn.commit()
-        return {r.custom_id for r in fresh}
-    except psycopg.errors.UniqueViolation:
-        await conn.rollback()
     await cur.execute(CREATE_STAGING)
-    await _copy(cur, COPY_STAGING, requests)
+    async with cur.copy(COPY_STAGING) as copy:
+        for r in requests:
+            await copy.write_row(_copy_row(r))
     await cur.execute(MERGE_STAGING)
     inserted = {row[0] for row in await cur.fetchall()}
     await conn.commit()

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-import json
+from collections.abc import AsyncIterator
 from typing import Annotated
 
+import orjson
 from fastapi import APIRouter, Depends, Query, Request, Response
 
+from batch_pipeline.intake import TooManyItems
 from batch_pipeline.store import requests as store
-from intake_api.body import decode_items, decode_json, read_limited
+from intake_api.body import is_ndjson, read_limited, split_array, stream_ndjson
 from intake_api.deps import ConnDep, IntakeDep, SettingsDep, require_token
 from intake_api.errors import ApiError, ApiErrors
 from intake_api.schemas import (
@@ -46,10 +48,10 @@ def _not_found(custom_id: str) -> ApiError:
 async def create_request(
     request: Request, conn: ConnDep, intake: IntakeDep, settings: SettingsDep
 ) -> Response:
-    obj = decode_json(await read_limited(request, settings.intake_max_body_bytes))
-    outcome = await intake.submit(conn, obj)
+    raw = await read_limited(request, settings.intake_max_body_bytes)
+    outcome = await intake.submit(conn, raw)
     if outcome.status == "accepted":
-        return Response(json.dumps({"custom_id": outcome.custom_id}), 202, media_type="application/json")
+        return Response(orjson.dumps({"custom_id": outcome.custom_id}), 202, media_type="application/json")
     if outcome.status == "duplicate":
         raise ApiError(
             409,
@@ -69,18 +71,19 @@ async def create_request(
     summary="Submit many requests (JSON array or NDJSON); one result per item",
 )
 async def create_bulk(request: Request, conn: ConnDep, intake: IntakeDep, settings: SettingsDep) -> Response:
-    raw = await read_limited(request, settings.bulk_max_body_bytes)
-    items = decode_items(raw, request.headers.get("content-type", ""))
-    if len(items) > settings.bulk_max_items:
+    content_type = request.headers.get("content-type", "")
+    if is_ndjson(content_type):
+        items: AsyncIterator | list = stream_ndjson(request, settings.bulk_max_body_bytes)
+    else:
+        items = split_array(await read_limited(request, settings.bulk_max_body_bytes))
+    try:
+        outcomes = await intake.submit_bulk(conn, items, max_items=settings.bulk_max_items)
+    except TooManyItems as exc:
         raise ApiError(
-            413,
-            "too_many_items",
-            "Too Many Items",
-            f"At most {settings.bulk_max_items} requests per bulk call.",
-        )
-    if not items:
+            413, "too_many_items", "Too Many Items", f"At most {exc.limit} requests per bulk call."
+        ) from None
+    if not outcomes:
         raise ApiError(422, "validation_error", "Invalid value", "No requests in the body.", "/")
-    outcomes = await intake.submit_bulk(conn, items)
     counts = {s: sum(o.status == s for o in outcomes) for s in ("accepted", "duplicate")}
     body = {
         "accepted": counts["accepted"],
@@ -88,7 +91,7 @@ async def create_bulk(request: Request, conn: ConnDep, intake: IntakeDep, settin
         "invalid": len(outcomes) - counts["accepted"] - counts["duplicate"],
         "results": [o.as_dict() for o in outcomes],
     }
-    return Response(json.dumps(body), 200, media_type="application/json")
+    return Response(orjson.dumps(body), 200, media_type="application/json")
 
 
 @router.get("", response_model=RequestPage, responses=errors_doc(401, 422), summary="List requests")

@@ -1,0 +1,102 @@
+"""The intake fast path: decode and check one raw request in C (msgspec), without building Python dicts.
+
+Only well-formed requests take this path. Anything it does not accept, or is not sure about, returns
+None and goes through ``validation.validate_request``, which reports every error in the seed's
+envelope. A test checks that both paths agree on what they accept and on the line they store.
+
+The request ``body`` is kept as the client's raw JSON bytes, so unknown fields (and numbers of any
+size) reach OpenAI untouched; a body with line breaks in its whitespace takes the slow path, which
+re-serialises it compactly (a JSONL line must not contain one).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import msgspec
+
+from batch_pipeline.endpoints import ENDPOINTS
+from batch_pipeline.tokens import estimate_tokens
+from batch_pipeline.validation import (
+    RABBITMQ_QUEUE_MAX_BYTES,
+    Limits,
+    NewRequest,
+    UrlPolicy,
+    is_http_url,
+)
+
+
+class _Webhook(msgspec.Struct, tag_field="type", tag="webhook", forbid_unknown_fields=True):
+    webhook_url: str
+
+
+class _RabbitMQ(msgspec.Struct, tag_field="type", tag="rabbitmq", forbid_unknown_fields=True):
+    rabbitmq_queue: str
+
+
+class _Request(msgspec.Struct, forbid_unknown_fields=True):
+    custom_id: str
+    url: str
+    method: Literal["POST"]
+    body: msgspec.Raw
+    delivery_config: _Webhook | _RabbitMQ
+
+
+class _Body(msgspec.Struct):  # unknown fields are skipped, not rejected: they pass through
+    model: str
+    stream: object = None
+
+
+_decode_request = msgspec.json.Decoder(_Request).decode
+_decode_body = msgspec.json.Decoder(_Body).decode
+_encode = msgspec.json.Encoder().encode
+
+
+def fast_validate(raw: bytes, limits: Limits, url_policy: UrlPolicy | None = None) -> NewRequest | None:
+    """A ``NewRequest`` for a valid raw request, or None to let the full validator decide."""
+    try:
+        req = _decode_request(raw)
+        body_raw = bytes(req.body)
+        body = _decode_body(body_raw)
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return None
+    custom_id, url, cfg = req.custom_id, req.url, req.delivery_config
+    endpoint = ENDPOINTS.get(url)
+    if (
+        endpoint is None
+        or endpoint.max_inputs is not None  # input counting needs the decoded body
+        or not custom_id
+        or custom_id != custom_id.strip()
+        or len(custom_id) > limits.custom_id_max_length
+        or not body.model.strip()
+        or body.stream is True
+        or b"\n" in body_raw
+        or b"\r" in body_raw
+    ):
+        return None
+    if isinstance(cfg, _Webhook):
+        if not is_http_url(cfg.webhook_url) or (url_policy and url_policy(cfg.webhook_url)):
+            return None
+        delivery = {"type": "webhook", "webhook_url": cfg.webhook_url}
+    else:
+        queue = cfg.rabbitmq_queue
+        if not queue.strip() or len(queue.encode()) > RABBITMQ_QUEUE_MAX_BYTES:
+            return None
+        delivery = {"type": "rabbitmq", "rabbitmq_queue": queue}
+    line = b'{"custom_id":%b,"method":"POST","url":"%b","body":%b}' % (
+        _encode(custom_id),
+        url.encode(),
+        body_raw.strip(),
+    )
+    if len(line) + 1 > limits.batch_max_bytes:
+        return None  # the full validator raises RequestTooLarge with the message
+    payload = line.decode()
+    return NewRequest(
+        custom_id=custom_id,
+        url=url,
+        model=body.model,
+        payload=payload,
+        payload_bytes=len(line),
+        estimated_tokens=estimate_tokens(payload, len(line), None, limits.token_safety_factor),
+        delivery_config=delivery,
+    )

@@ -1,0 +1,25 @@
+"""``python -m bench [name ...]``: run the named benchmarks (default: all that exist)."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+BENCHES = ("intake", "pipeline", "delivery")
+
+
+def main(argv: list[str]) -> int:
+    names = argv or list(BENCHES)
+    for name in names:
+        try:
+            module = importlib.import_module(f"bench.{name}")
+        except ModuleNotFoundError:
+            print(f"bench.{name}: not present, skipped")
+            continue
+        print(f"\n=== bench.{name} ===", flush=True)
+        module.main()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,143 @@
+"""Intake throughput: single POSTs at concurrency 16 vs a minimal FastAPI+psycopg endpoint, and bulk
+intake of 50,000 requests vs a raw COPY of the same rows, each baseline measured in the same run.
+
+Targets (issue 2): single ratio >= 0.7; bulk >= 0.5 of raw COPY and 50,000 accepted in < 5 s.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+
+import httpx
+import psycopg
+
+from batch_pipeline.validation import Limits, NewRequest, validate_request
+from bench.support import fresh_database, postgres_server, report, uvicorn_process
+
+SINGLE_REQUESTS = 3000
+CONCURRENCY = 16
+BULK_REQUESTS = 50_000
+ROUNDS = 3
+
+
+def make_request(i: int, prefix: str) -> dict:
+    return {
+        "custom_id": f"{prefix}-{i}",
+        "url": "/v1/chat/completions",
+        "method": "POST",
+        "body": {
+            "model": "gpt-4o-mini",
+            "messages": [
+                {"role": "system", "content": "You are a terse assistant. Answer in one sentence."},
+                {"role": "user", "content": f"Question number {i}: what is the capital of France? " * 4},
+            ],
+            "temperature": 0,
+        },
+        "delivery_config": {"type": "webhook", "webhook_url": "https://hooks.example.com/results?k=1"},
+    }
+
+
+async def _fire(base: str, prefix: str, count: int) -> float:
+    sem = asyncio.Semaphore(CONCURRENCY)
+    limits = httpx.Limits(max_connections=CONCURRENCY, max_keepalive_connections=CONCURRENCY)
+    async with httpx.AsyncClient(base_url=base, limits=limits, timeout=30) as client:
+
+        async def one(i: int) -> None:
+            async with sem:
+                r = await client.post("/api/requests", json=make_request(i, prefix))
+                if r.status_code != 202:
+                    raise RuntimeError(f"unexpected {r.status_code}: {r.text}")
+
+        await asyncio.gather(*(one(i) for i in range(100)))  # warm-up
+        start = time.perf_counter()
+        await asyncio.gather(*(one(i) for i in range(100, 100 + count)))
+        return count / (time.perf_counter() - start)
+
+
+def bench_single(server_url: str) -> None:
+    print(f"single POST /api/requests, {SINGLE_REQUESTS} requests at concurrency {CONCURRENCY}")
+    with (
+        fresh_database(server_url, migrated=False) as dsn,
+        uvicorn_process("bench.baseline_app:app", {"DATABASE_URL": dsn}) as base,
+    ):
+        baseline = asyncio.run(_fire(base, "base", SINGLE_REQUESTS))
+    with (
+        fresh_database(server_url) as dsn,
+        uvicorn_process(
+            "intake_api.main:create_app", {"DATABASE_URL": dsn, "OPENAI_API_KEY": ""}, factory=True
+        ) as base,
+    ):
+        ours = asyncio.run(_fire(base, "ours", SINGLE_REQUESTS))
+    report("baseline: minimal FastAPI + one INSERT", baseline, "req/s")
+    report("ours: POST /api/requests (validate + store)", ours, "req/s")
+    report("ratio ours / baseline", ours / baseline, "x", "(target >= 0.7)")
+
+
+def _raw_copy_seconds(dsn: str, rows: list[NewRequest]) -> float:
+    start = time.perf_counter()
+    with psycopg.connect(dsn) as conn, conn.cursor() as cur:
+        cols = "(custom_id, endpoint, model, payload, payload_bytes, estimated_tokens, delivery_config)"
+        with cur.copy(f"COPY batchman.requests {cols} FROM STDIN") as copy:
+            for r in rows:
+                copy.write_row(
+                    (
+                        r.custom_id,
+                        r.url,
+                        r.model,
+                        r.payload,
+                        r.payload_bytes,
+                        r.estimated_tokens,
+                        json.dumps(r.delivery_config),
+                    )
+                )
+    return time.perf_counter() - start
+
+
+def _post_bulk(server_url: str, body: bytes, content_type: str) -> float:
+    with (
+        fresh_database(server_url) as dsn,
+        uvicorn_process(
+            "intake_api.main:create_app", {"DATABASE_URL": dsn, "OPENAI_API_KEY": ""}, factory=True
+        ) as base,
+    ):
+        start = time.perf_counter()
+        r = httpx.post(
+            base + "/api/requests/bulk", content=body, headers={"content-type": content_type}, timeout=120
+        )
+        seconds = time.perf_counter() - start
+        if r.status_code != 200 or r.json()["accepted"] != BULK_REQUESTS:
+            raise RuntimeError(f"bulk intake failed: {r.status_code} {r.text[:300]}")
+    return seconds
+
+
+def bench_bulk(server_url: str) -> None:
+    print(f"bulk intake of {BULK_REQUESTS} requests, best of {ROUNDS}")
+    items = [make_request(i, "bulk") for i in range(BULK_REQUESTS)]
+    rows = [validate_request(item, Limits()) for item in items]
+    as_array = json.dumps(items).encode()
+    as_ndjson = b"\n".join(json.dumps(item).encode() for item in items) + b"\n"
+    copy_s = array_s = ndjson_s = float("inf")
+    for _ in range(ROUNDS):
+        with fresh_database(server_url) as dsn:
+            copy_s = min(copy_s, _raw_copy_seconds(dsn, rows))  # type: ignore[arg-type]
+        array_s = min(array_s, _post_bulk(server_url, as_array, "application/json"))
+        ndjson_s = min(ndjson_s, _post_bulk(server_url, as_ndjson, "application/x-ndjson"))
+    report("baseline: raw COPY of the same rows", BULK_REQUESTS / copy_s, "rows/s")
+    report("ours: bulk as a JSON array", BULK_REQUESTS / array_s, "rows/s")
+    report("ours: bulk as NDJSON (streamed)", BULK_REQUESTS / ndjson_s, "rows/s")
+    report("ours: wall time for 50,000 (JSON array)", array_s, "s", "(target < 5 s)")
+    report("ours: wall time for 50,000 (NDJSON)", ndjson_s, "s", "(target < 5 s)")
+    report("ratio JSON array / raw COPY", copy_s / array_s, "x", "(target >= 0.5)")
+    report("ratio NDJSON / raw COPY", copy_s / ndjson_s, "x", "(target >= 0.5)")
+
+
+def main() -> None:
+    with postgres_server() as server_url:
+        bench_single(server_url)
+        bench_bulk(server_url)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,98 @@
+"""Shared bench plumbing: a Postgres to measure on, fresh databases, and server subprocesses."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from urllib.parse import urlsplit, urlunsplit
+
+import httpx
+import psycopg
+
+from batch_pipeline.migrate import migrate
+
+
+@contextlib.contextmanager
+def postgres_server() -> Iterator[str]:
+    """BENCH_DATABASE_URL / TEST_DATABASE_URL (an admin URL), else an embedded server in a temp dir."""
+    url = os.environ.get("BENCH_DATABASE_URL") or os.environ.get("TEST_DATABASE_URL")
+    if url:
+        yield url
+        return
+    import tempfile
+
+    from batch_pipeline.embedded_postgres import EmbeddedPostgres
+
+    with tempfile.TemporaryDirectory() as tmp, EmbeddedPostgres(tmp) as pg:
+        yield pg.url("postgres")
+
+
+def with_database(url: str, name: str) -> str:
+    parts = urlsplit(url)
+    return urlunsplit((parts.scheme, parts.netloc, f"/{name}", parts.query, parts.fragment))
+
+
+@contextlib.contextmanager
+def fresh_database(server_url: str, migrated: bool = True) -> Iterator[str]:
+    name = f"bench_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(server_url, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    url = with_database(server_url, name)
+    try:
+        if migrated:
+            migrate(url)
+        yield url
+    finally:
+        with psycopg.connect(server_url, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def uvicorn_process(app: str, env: dict[str, str], factory: bool = False) -> Iterator[str]:
+    """Run ``app`` in its own uvicorn process (so the load generator does not share its GIL)."""
+    port = free_port()
+    argv = [
+        sys.executable,
+        "-m",
+        "uvicorn",
+        app,
+        "--port",
+        str(port),
+        "--log-level",
+        "warning",
+        "--no-access-log",
+    ]
+    if factory:
+        argv.append("--factory")
+    proc = subprocess.Popen(argv, env={**os.environ, **env})
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                httpx.get(base + "/health", timeout=1)
+                break
+            except httpx.HTTPError:
+                if time.monotonic() > deadline or proc.poll() is not None:
+                    raise RuntimeError(f"{app} did not start") from None
+                time.sleep(0.1)
+        yield base
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def report(name: str, value: float, unit: str, target: str = "") -> None:
+    print(f"  {name:<58} {value:>12,.2f} {unit:<10} {target}", flush=True)
