@@ -1,0 +1,85 @@
+"""The C fast path must accept exactly what the full validator accepts, and store the same line."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from batch_pipeline.fast_decode import fast_validate
+from batch_pipeline.validation import Limits, NewRequest, RequestTooLarge, validate_request
+
+LIMITS = Limits(custom_id_max_length=20, batch_max_bytes=4096)
+
+BASE = {
+    "custom_id": "c1",
+    "url": "/v1/responses",
+    "method": "POST",
+    "body": {"model": "gpt-4o-mini", "input": "héllo 你好", "big": 123456789012345678901234567890},
+    "delivery_config": {"type": "webhook", "webhook_url": "https://h.example/x?k=1"},
+}
+
+VARIANTS = [
+    {},
+    {"custom_id": ""},
+    {"custom_id": " c1"},
+    {"custom_id": "x" * 21},
+    {"custom_id": 7},
+    {"url": "/v1/nope"},
+    {"url": "/v1/embeddings", "body": {"model": "e", "input": ["a", "b"]}},
+    {"method": "GET"},
+    {"body": []},
+    {"body": {"input": "no model"}},
+    {"body": {"model": " "}},
+    {"body": {"model": "m", "stream": True}},
+    {"body": {"model": "m", "stream": False}},
+    {"body": {"model": "m", "input": "x" * 5000}},
+    {"delivery_config": {"type": "webhook", "webhook_url": "ftp://h/x"}},
+    {"delivery_config": {"type": "webhook", "webhook_url": "http://[::1"}},
+    {"delivery_config": {"type": "webhook"}},
+    {"delivery_config": {"type": "webhook", "webhook_url": "http://h/x", "extra": 1}},
+    {"delivery_config": {"type": "rabbitmq", "rabbitmq_queue": "q"}},
+    {"delivery_config": {"type": "rabbitmq", "rabbitmq_queue": " "}},
+    {"delivery_config": {"type": "rabbitmq", "rabbitmq_queue": "é" * 200}},
+    {"delivery_config": {"type": "rabbitmq", "rabbitmq_queue": "q", "rabbitmq_exchange": "x"}},
+    {"delivery_config": {"type": "sqs"}},
+    {"extra": True},
+]
+
+
+def slow(obj: dict) -> NewRequest | None:
+    try:
+        result = validate_request(obj, LIMITS)
+    except RequestTooLarge:
+        return None
+    return result if isinstance(result, NewRequest) else None
+
+
+@pytest.mark.parametrize("change", VARIANTS)
+@pytest.mark.parametrize("indent", [None, 2])
+def test_fast_and_full_paths_agree(change: dict, indent: int | None) -> None:
+    obj = {**BASE, **change}
+    raw = json.dumps(obj, indent=indent, ensure_ascii=False).encode()
+    fast = fast_validate(raw, LIMITS)
+    full = slow(json.loads(raw))
+    if fast is None:
+        # The fast path may decline anything; it must never accept what the full validator rejects.
+        return
+    assert full is not None, f"fast path accepted an invalid request: {change}"
+    assert json.loads(fast.payload) == json.loads(full.payload)
+    assert "\n" not in fast.payload
+    assert (fast.custom_id, fast.url, fast.model, fast.delivery_config) == (
+        full.custom_id,
+        full.url,
+        full.model,
+        full.delivery_config,
+    )
+    assert fast.payload_bytes == len(fast.payload.encode())
+    assert abs(fast.estimated_tokens - full.estimated_tokens) <= 2
+
+
+def test_fast_path_takes_the_common_case_and_keeps_big_numbers() -> None:
+    fast = fast_validate(json.dumps(BASE).encode(), LIMITS)
+    assert fast is not None
+    assert "123456789012345678901234567890" in fast.payload
+    assert fast_validate(json.dumps({**BASE, **VARIANTS[18]}).encode(), LIMITS) is not None
