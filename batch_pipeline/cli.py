@@ -8,8 +8,13 @@ import logging
 import os
 import sys
 from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 from batch_pipeline.config import ConfigError, Settings, get_settings
+
+if TYPE_CHECKING:
+    from batch_pipeline.supervisor import Supervisor
 
 log = logging.getLogger("batchman")
 
@@ -80,10 +85,53 @@ def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
         if settings.simulator_mode:
             log.warning(SIMULATOR_BANNER.format(port=settings.simulator_port))
             env["OPENAI_BASE_URL"] = settings.openai_client_base_url
+            # Its batches and files must outlive a restart, as our database does.
+            env.setdefault("SIMULATOR_DATA_DIR", str(settings.data_dir.resolve() / "simulator"))
             sup.start("simulator", batchman_argv("simulator", "--host", "127.0.0.1"))
         sup.start("api", batchman_argv("api", "--host", args.host))
+        _start_dagster(sup, settings, env, dsn, args.host)
+        if settings.rabbitmq_url and settings.rabbitmq_input_queue:
+            sup.start("rabbitmq-consumer", batchman_argv("consumer"))
         log.info("intake API and UI on http://localhost:%s", settings.port)
+        log.info("Dagster UI on http://localhost:%s", settings.dagster_port)
         return sup.wait()
+
+
+def _start_dagster(sup: Supervisor, settings: Settings, env: dict[str, str], dsn: str, host: str) -> None:
+    """Dagster webserver and daemon, sharing one instance (DAGSTER_HOME) stored in Postgres."""
+    import shutil
+
+    from batch_pipeline.db import dagster_storage_url
+    from batch_pipeline.embedded_postgres import DAGSTER_DATABASE
+
+    root = project_root()
+    home = settings.data_dir.resolve() / "dagster_home"
+    home.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(root / "dagster.yaml", home / "dagster.yaml")
+    env["DAGSTER_HOME"] = str(home)
+    # Embedded Postgres: Dagster gets its own database. External: the same database; Dagster's
+    # tables live in the public schema, ours in `batchman`.
+    env["DAGSTER_PG_URL"] = settings.dagster_database_url or dagster_storage_url(
+        dsn, DAGSTER_DATABASE if not settings.database_url else None
+    )
+    workspace = str(root / "workspace.yaml")
+    bin_dir = Path(sys.executable).parent
+    sup.start(
+        "dagster-webserver",
+        [str(bin_dir / "dagster-webserver"), "-h", host, "-p", str(settings.dagster_port), "-w", workspace],
+    )
+    sup.start("dagster-daemon", [str(bin_dir / "dagster-daemon"), "run", "-w", workspace])
+
+
+def project_root() -> Path:
+    """The checkout holding dagster.yaml and workspace.yaml (the package is installed editable)."""
+    return Path(__file__).resolve().parent.parent
+
+
+def cmd_consumer(settings: Settings, _: argparse.Namespace) -> int:
+    from batch_pipeline.rabbitmq_intake import main as consumer_main
+
+    return consumer_main() or 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -97,6 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
     api.add_argument("--host", default="0.0.0.0")
     api.add_argument("--workers", type=int, default=1)
     api.set_defaults(func=cmd_api)
+    sub.add_parser("consumer", help="run the RabbitMQ intake consumer").set_defaults(func=cmd_consumer)
     sim = sub.add_parser("simulator", help="run the OpenAI Batch API simulator")
     sim.add_argument("--host", default="127.0.0.1")
     sim.add_argument("--port", type=int, default=None)

@@ -50,12 +50,15 @@ class Settings(BaseSettings):
     openai_base_url: str | None = Field(
         None, description="OpenAI-compatible base URL, e.g. a proxy or Azure."
     )
+    openai_webhook_secret: SecretStr | None = Field(None, description="Set: POST /api/openai/webhook is on.")
 
     # --- Storage and processes ------------------------------------------------------------------
     database_url: str | None = Field(None, description="Unset: an embedded Postgres under DATA_DIR.")
     data_dir: Path = Path("./data")
     port: int = Field(4000, ge=1, le=65535)
     dagster_port: int = Field(3000, ge=1, le=65535)
+    # Dagster's own storage; unset: the embedded server's `dagster` database, or DATABASE_URL itself.
+    dagster_database_url: str | None = None
     simulator_port: int = Field(4010, ge=1, le=65535)
     db_pool_max_size: int = Field(10, ge=1, le=200)
 
@@ -73,16 +76,50 @@ class Settings(BaseSettings):
     # --- Batching -------------------------------------------------------------------------------
     batch_max_requests: int = Field(50_000, ge=1, le=50_000)
     batch_max_bytes: int = Field(DEFAULT_BATCH_MAX_BYTES, ge=1024, le=OPENAI_MAX_FILE_BYTES)
-    batch_max_age_seconds: int = Field(3600, ge=1)
+    batch_max_age_seconds: int = Field(3600, ge=0)
     sensor_interval_seconds: int = Field(30, ge=1)
-    openai_poll_interval_seconds: int = Field(60, ge=1)
+    openai_poll_interval_seconds: int = Field(60, ge=0)
     token_estimate_safety_factor: float = Field(1.1, ge=1.0, le=10.0)
+    # Lines that failed with server_error / request_timeout / batch_expired go into a new batch, this
+    # many times at most; then their error is delivered.
+    openai_max_resubmits: int = Field(3, ge=0, le=100)
+    # Waits after OpenAI fails a batch with token_limit_exceeded; the requests fail only after the last.
+    token_limit_backoff_minutes: str = "5,10,20,40,80"
+    status_poll_max_per_tick: int = Field(50, ge=1, le=1000)
+    # Delete a batch's OpenAI files once its results are stored (they hold your prompts and outputs).
+    openai_delete_files: bool = True
+    retention_days: int = Field(30, ge=1)
 
     # --- Delivery -------------------------------------------------------------------------------
     disable_delivery_retry: bool = False
     webhook_signing_secret: SecretStr | None = None
     webhook_block_private_networks: bool = False
     webhook_allowed_hosts: str = ""
+    # Waits between attempts after a transient failure (seconds, comma-separated); one attempt more than
+    # entries. The default (Svix's) spans about 27 h: 5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 10 h.
+    delivery_retry_schedule_seconds: str = "5,300,1800,7200,18000,36000,36000"
+    delivery_retry_jitter: float = Field(0.2, ge=0.0, le=1.0, description="Each wait is scaled by 1 ± this.")
+    delivery_concurrency: int = Field(32, ge=1, le=1024, description="Sends in flight per delivery run.")
+    delivery_claim_batch_size: int = Field(500, ge=1, le=50_000)
+    delivery_claim_lease_seconds: int = Field(900, ge=10, description="A crashed run's claims are due after.")
+    delivery_sensor_max_runs: int = Field(20, ge=1, le=1000, description="Delivery runs launched per tick.")
+    webhook_connect_timeout_seconds: float = Field(10.0, gt=0)
+    webhook_read_timeout_seconds: float = Field(15.0, gt=0)
+    rabbitmq_publish_window: int = Field(1000, ge=1, le=100_000, description="Unconfirmed publishes.")
+    rabbitmq_confirm_timeout_seconds: float = Field(30.0, gt=0)
+    rabbitmq_intake_prefetch: int = Field(1000, ge=1, le=65_535)
+    rabbitmq_intake_batch_size: int = Field(500, ge=1, le=50_000)
+
+    @field_validator("delivery_retry_schedule_seconds")
+    @classmethod
+    def _retry_schedule(cls, value: str) -> str:
+        try:
+            steps = [float(v) for v in value.split(",") if v.strip()]
+        except ValueError:
+            raise ValueError("must be comma-separated seconds, e.g. 5,300,1800") from None
+        if any(s < 0 for s in steps):
+            raise ValueError("waits must not be negative")
+        return value
 
     @field_validator("database_url", mode="before")
     @classmethod
@@ -91,10 +128,21 @@ class Settings(BaseSettings):
             return None
         return normalize_database_url(value)
 
-    @field_validator("openai_api_key", "api_token", "webhook_signing_secret", mode="before")
+    @field_validator(
+        "openai_api_key", "openai_webhook_secret", "api_token", "webhook_signing_secret", mode="before"
+    )
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         return None if value == "" else value
+
+    @field_validator("dagster_database_url", mode="before")
+    @classmethod
+    def _dagster_url(cls, value: str | None) -> str | None:
+        if value in (None, ""):
+            return None
+        from batch_pipeline.db import dagster_storage_url
+
+        return dagster_storage_url(normalize_database_url(value))
 
     @field_validator("rabbitmq_url", "rabbitmq_input_queue", "openai_base_url", mode="before")
     @classmethod
@@ -124,6 +172,25 @@ class Settings(BaseSettings):
     def simulator_mode(self) -> bool:
         """True when no OpenAI key is configured: everything talks to the built-in simulator."""
         return self.openai_api_key is None
+
+    @field_validator("token_limit_backoff_minutes")
+    @classmethod
+    def _backoff(cls, value: str) -> str:
+        try:
+            steps = [float(v) for v in value.split(",") if v.strip()]
+        except ValueError:
+            raise ValueError("must be comma-separated minutes, e.g. 5,10,20") from None
+        if not steps or any(s <= 0 for s in steps):
+            raise ValueError("needs at least one positive wait")
+        return value
+
+    @property
+    def token_limit_backoff(self) -> tuple[float, ...]:
+        return tuple(float(v) for v in self.token_limit_backoff_minutes.split(",") if v.strip())
+
+    @property
+    def delivery_retry_schedule(self) -> tuple[float, ...]:
+        return tuple(float(v) for v in self.delivery_retry_schedule_seconds.split(",") if v.strip())
 
     @property
     def allowed_webhook_hosts(self) -> frozenset[str]:

@@ -43,6 +43,7 @@ class NewRequest:
     payload_bytes: int
     estimated_tokens: int
     delivery_config: dict[str, str]
+    input_count: int = 1  # embedding inputs; OpenAI caps them per batch
 
 
 class RequestTooLarge(ValueError):
@@ -188,4 +189,5 @@ def validate_request(
         payload_bytes=payload_bytes,
         estimated_tokens=estimate_tokens(payload, payload_bytes, body, limits.token_safety_factor),
         delivery_config=delivery,
+        input_count=count_embedding_inputs(body) if url == "/v1/embeddings" else 1,
     )

@@ -13,6 +13,7 @@ import time
 import httpx
 import psycopg
 
+from batch_pipeline.store.requests import COPY_COLUMNS, copy_row
 from batch_pipeline.validation import Limits, NewRequest, validate_request
 from bench.support import fresh_database, postgres_server, report, uvicorn_process
 
@@ -78,20 +79,10 @@ def bench_single(server_url: str) -> None:
 def _raw_copy_seconds(dsn: str, rows: list[NewRequest]) -> float:
     start = time.perf_counter()
     with psycopg.connect(dsn) as conn, conn.cursor() as cur:
-        cols = "(custom_id, endpoint, model, payload, payload_bytes, estimated_tokens, delivery_config)"
+        cols = COPY_COLUMNS
         with cur.copy(f"COPY batchman.requests {cols} FROM STDIN") as copy:
             for r in rows:
-                copy.write_row(
-                    (
-                        r.custom_id,
-                        r.url,
-                        r.model,
-                        r.payload,
-                        r.payload_bytes,
-                        r.estimated_tokens,
-                        json.dumps(r.delivery_config),
-                    )
-                )
+                copy.write_row(copy_row(r))
     return time.perf_counter() - start
 
 

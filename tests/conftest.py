@@ -142,3 +142,13 @@ def rabbitmq_url() -> str:
             pytest.fail(f"RabbitMQ at {url} is not reachable in CI: {exc}")
         pytest.skip(f"RabbitMQ not reachable: {exc}")
     return url
+
+
+@pytest.fixture
+def settings_factory(tmp_path: Path):
+    """``make_settings`` as a fixture, for test packages that cannot import this module."""
+
+    def factory(**overrides: object) -> Settings:
+        return make_settings(tmp_path, **overrides)
+
+    return factory

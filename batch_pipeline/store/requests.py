@@ -19,15 +19,17 @@ from batch_pipeline.validation import NewRequest
 
 INSERT_REQUEST = """
 INSERT INTO batchman.requests
-    (custom_id, endpoint, model, payload, payload_bytes, estimated_tokens, delivery_config)
-VALUES (%s, %s, %s, %s, %s, %s, %s)
+    (custom_id, endpoint, model, payload, payload_bytes, estimated_tokens, delivery_config, input_count)
+VALUES (%s, %s, %s, %s, %s, %s, %s, %s)
 ON CONFLICT (custom_id) DO NOTHING
 RETURNING id
 """
 
 EXISTING_CUSTOM_IDS = "SELECT custom_id FROM batchman.requests WHERE custom_id = ANY(%s)"
 
-COPY_COLUMNS = "(custom_id, endpoint, model, payload, payload_bytes, estimated_tokens, delivery_config)"
+COPY_COLUMNS = (
+    "(custom_id, endpoint, model, payload, payload_bytes, estimated_tokens, delivery_config, input_count)"
+)
 COPY_REQUESTS = f"COPY batchman.requests {COPY_COLUMNS} FROM STDIN"
 
 # Slow path for bulk intake when a concurrent writer raced us on a custom_id.
@@ -37,7 +39,7 @@ CREATE TEMP TABLE requests_staging (LIKE batchman.requests INCLUDING DEFAULTS) O
 COPY_STAGING = f"COPY requests_staging {COPY_COLUMNS} FROM STDIN"
 MERGE_STAGING = f"""
 INSERT INTO batchman.requests {COPY_COLUMNS}
-SELECT custom_id, endpoint, model, payload, payload_bytes, estimated_tokens, delivery_config
+SELECT custom_id, endpoint, model, payload, payload_bytes, estimated_tokens, delivery_config, input_count
 FROM requests_staging ORDER BY id
 ON CONFLICT (custom_id) DO NOTHING
 RETURNING custom_id
@@ -77,6 +79,7 @@ def _row(r: NewRequest) -> tuple:
         r.payload_bytes,
         r.estimated_tokens,
         Jsonb(r.delivery_config),
+        r.input_count,
     )
 
 
@@ -88,7 +91,7 @@ async def insert_request(conn: psycopg.AsyncConnection, request: NewRequest) -> 
     return inserted
 
 
-def _copy_row(r: NewRequest) -> tuple:
+def copy_row(r: NewRequest) -> tuple:
     return (
         r.custom_id,
         r.url,
@@ -97,6 +100,7 @@ def _copy_row(r: NewRequest) -> tuple:
         r.payload_bytes,
         r.estimated_tokens,
         orjson.dumps(r.delivery_config).decode(),
+        r.input_count,
     )
 
 
@@ -128,7 +132,7 @@ class BulkWriter:
         if self.raced:
             return  # the COPY already failed; the caller redoes everything conflict-safely
         try:
-            await self._copy.write_row(_copy_row(request))
+            await self._copy.write_row(copy_row(request))
         except psycopg.errors.UniqueViolation:
             self.raced = True
 
@@ -154,7 +158,7 @@ async def insert_bulk_conflict_safe(
     await cur.execute(CREATE_STAGING)
     async with cur.copy(COPY_STAGING) as copy:
         for r in requests:
-            await copy.write_row(_copy_row(r))
+            await copy.write_row(copy_row(r))
     await cur.execute(MERGE_STAGING)
     inserted = {row[0] for row in await cur.fetchall()}
     await conn.commit()

@@ -1,0 +1,38 @@
+"""The Dagster code location: everything assembled in one ``Definitions``.
+
+``dagster`` loads ``defs`` from this module (see ``workspace.yaml``); tests call ``build_definitions``
+with their own settings and database.
+"""
+
+from __future__ import annotations
+
+import dagster as dg
+
+from batch_pipeline.config import Settings, get_settings
+from batch_pipeline.defs.batching import make_batching_sensor
+from batch_pipeline.defs.cleanup import cleanup_job, cleanup_schedule
+from batch_pipeline.defs.delivery import deliver_job, delivery_sensor, redeliver_job
+from batch_pipeline.defs.resources import build_resources
+from batch_pipeline.defs.results import results_job
+from batch_pipeline.defs.status import make_status_sensor
+from batch_pipeline.defs.upload import upload_job
+
+
+def build_definitions(settings: Settings, dsn: str | None = None) -> dg.Definitions:
+    # The status sensor ticks at the finer of the two intervals; each batch is still polled only
+    # every OPENAI_POLL_INTERVAL_SECONDS (its next_check_at).
+    status_interval = min(settings.sensor_interval_seconds, settings.openai_poll_interval_seconds)
+    return dg.Definitions(
+        jobs=[upload_job, results_job, deliver_job, redeliver_job, cleanup_job],
+        sensors=[
+            make_batching_sensor(upload_job, settings.sensor_interval_seconds),
+            make_status_sensor(results_job, status_interval),
+            delivery_sensor,
+        ],
+        schedules=[cleanup_schedule],
+        resources=build_resources(settings, dsn),
+        executor=dg.in_process_executor,
+    )
+
+
+defs = build_definitions(get_settings())

@@ -1,0 +1,45 @@
+"""The status sensor: poll OpenAI for batches in flight and launch the results run of finished ones."""
+
+import dagster as dg
+
+from batch_pipeline.defs.resources import OpenAIResource, PipelineSettingsResource, PostgresResource
+from batch_pipeline.polling import PollSettings, poll_due
+from batch_pipeline.store import batches as store
+
+MAX_RESULTS_RUNS_PER_TICK = 50
+
+
+def results_run_request(batch_id: int, openai_batch_id: str | None) -> dg.RunRequest:
+    return dg.RunRequest(
+        run_key=f"results:{batch_id}:{openai_batch_id}",
+        partition_key=str(batch_id),
+        tags={"batch_id": str(batch_id), "stage": "results"},
+    )
+
+
+def make_status_sensor(results_job: dg.JobDefinition, interval_seconds: int) -> dg.SensorDefinition:
+    @dg.sensor(
+        name="status_sensor",
+        job=results_job,
+        minimum_interval_seconds=interval_seconds,
+        default_status=dg.DefaultSensorStatus.RUNNING,
+        description="Polls OpenAI for batches in flight (bounded per tick) and launches results runs.",
+    )
+    def status_sensor(
+        context: dg.SensorEvaluationContext,
+        postgres: PostgresResource,
+        openai: OpenAIResource,
+        pipeline: PipelineSettingsResource,
+    ) -> dg.SensorResult:
+        settings = PollSettings(
+            pipeline.openai_poll_interval_seconds, pipeline.token_limit_backoff_schedule()
+        )
+        finished = poll_due(postgres.connect, openai.client(), settings, pipeline.status_poll_max_per_tick)
+        if finished:
+            context.log.info("batches finished at OpenAI: %s", finished)
+        # Re-emitting every batch awaiting its results run is safe: the run key makes it launch once.
+        with postgres.connect() as conn:
+            due = conn.execute(store.RESULTS_DUE, (MAX_RESULTS_RUNS_PER_TICK,)).fetchall()
+        return dg.SensorResult(run_requests=[results_run_request(r["id"], r["openai_batch_id"]) for r in due])
+
+    return status_sensor

@@ -1,0 +1,60 @@
+"""The upload job: one run per batch (partition) builds the JSONL, uploads it and creates the batch."""
+
+import dagster as dg
+import openai as openai_sdk
+
+from batch_pipeline import openai_client as oai
+from batch_pipeline.defs.partitions import batch_partitions
+from batch_pipeline.defs.resources import OpenAIResource, PipelineSettingsResource, PostgresResource
+from batch_pipeline.model_limits import token_limit_for
+from batch_pipeline.store.model_limits import fetch_overrides_sync
+from batch_pipeline.submission import fail_batch, submit_batch
+
+# Transient OpenAI errors (after the SDK's own quick retries): back off and try the op again.
+OPENAI_RETRY = dg.RetryPolicy(
+    max_retries=4, delay=10, backoff=dg.Backoff.EXPONENTIAL, jitter=dg.Jitter.PLUS_MINUS
+)
+
+
+@dg.op(retry_policy=OPENAI_RETRY, tags={"kind": "openai"})
+def submit_to_openai(
+    context: dg.OpExecutionContext,
+    postgres: PostgresResource,
+    openai: OpenAIResource,
+    pipeline: PipelineSettingsResource,
+) -> dg.Output[str]:
+    """Claims the batch (a conditional state change), so re-running a finished upload does nothing."""
+    batch_id = int(context.partition_key)
+    with postgres.connect() as conn:
+        overrides = fetch_overrides_sync(conn)
+    try:
+        result = submit_batch(
+            postgres.connect,
+            openai.client(),
+            batch_id,
+            lambda model: token_limit_for(model, overrides),
+            pipeline.openai_poll_interval_seconds,
+        )
+    except Exception as exc:
+        if oai.is_transient(exc):
+            raise
+        if isinstance(exc, openai_sdk.APIStatusError):
+            # Permanent (400/401/403/404): retrying cannot help; the batch fails with OpenAI's message.
+            fail_batch(postgres.connect, batch_id, f"OpenAI {exc.status_code}: {exc.message}")
+            context.log.error("batch %s failed permanently: %s", batch_id, exc)
+            return dg.Output("failed", metadata={"error": str(exc)})
+        raise dg.Failure(f"batch {batch_id}: upload failed: {exc}", allow_retries=False) from exc
+    context.log.info("batch %s: %s %s", batch_id, result.outcome, result.detail)
+    return dg.Output(
+        result.outcome, metadata={"detail": result.detail, "openai_batch_id": result.openai_batch_id or ""}
+    )
+
+
+@dg.job(
+    partitions_def=batch_partitions,
+    executor_def=dg.in_process_executor,
+    tags={"stage": "upload"},
+    description="Build the batch's JSONL, upload it, and create the OpenAI batch (crash-safe).",
+)
+def upload_job() -> None:
+    submit_to_openai()

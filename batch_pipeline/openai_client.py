@@ -1,0 +1,112 @@
+"""The OpenAI calls the pipeline makes, over the official SDK, with crash-safe reconciliation.
+
+Every remote object we create is findable again after a crash: input files by their file name
+(``batchman-batch-<id>.jsonl``), batches by our id in ``metadata``. So a re-run adopts what exists
+instead of creating (and paying for) it twice.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+from typing import Any
+
+import openai
+from openai.types import Batch, FileObject
+
+# Our id in OpenAI batch metadata, and the prefix of our input file names.
+METADATA_KEY = "batchman_batch_id"
+FILE_PREFIX = "batchman-batch-"
+# How far back reconciliation looks (newest first); more than any plausible crash window.
+RECONCILE_PAGES = 10
+
+# Errors worth retrying (the SDK already retried them a few times): the op's RetryPolicy takes over.
+TRANSIENT_ERRORS = (
+    openai.APIConnectionError,
+    openai.APITimeoutError,
+    openai.RateLimitError,
+    openai.InternalServerError,
+)
+
+
+def is_transient(exc: BaseException) -> bool:
+    if isinstance(exc, TRANSIENT_ERRORS):
+        return True
+    return isinstance(exc, openai.APIStatusError) and (
+        exc.status_code in (408, 409, 429) or exc.status_code >= 500
+    )
+
+
+def input_file_name(batch_id: int) -> str:
+    return f"{FILE_PREFIX}{batch_id}.jsonl"
+
+
+def find_input_file(client: openai.OpenAI, batch_id: int) -> FileObject | None:
+    """An input file uploaded for this batch before a crash, if OpenAI still has it."""
+    name = input_file_name(batch_id)
+    page = client.files.list(purpose="batch", limit=1000)
+    for _ in range(RECONCILE_PAGES):
+        for f in page.data:
+            if f.filename == name and f.status != "error":
+                return f
+        if not page.has_next_page():
+            break
+        page = page.get_next_page()
+    return None
+
+
+def upload_input_file(client: openai.OpenAI, batch_id: int, path: Path) -> FileObject:
+    """Upload the batch's JSONL, streamed from disk (the SDK passes an open file to httpx as is)."""
+    with path.open("rb") as fh:
+        return client.files.create(file=(input_file_name(batch_id), fh, "application/jsonl"), purpose="batch")
+
+
+def find_batch(client: openai.OpenAI, batch_id: int) -> Batch | None:
+    """An OpenAI batch created for our batch before a crash (matched by metadata), if any."""
+    page = client.batches.list(limit=100)
+    for _ in range(RECONCILE_PAGES):
+        for b in page.data:
+            if (b.metadata or {}).get(METADATA_KEY) == str(batch_id):
+                return b
+        if not page.has_next_page():
+            break
+        page = page.get_next_page()
+    return None
+
+
+def create_batch(client: openai.OpenAI, batch_id: int, input_file_id: str, endpoint: str) -> Batch:
+    return client.batches.create(
+        input_file_id=input_file_id,
+        endpoint=endpoint,  # type: ignore[arg-type]
+        completion_window="24h",
+        metadata={METADATA_KEY: str(batch_id)},
+    )
+
+
+def download_file(client: openai.OpenAI, file_id: str, dest: Path) -> Path:
+    """Stream a file's content to ``dest`` in chunks: output files can be hundreds of MB."""
+    with client.files.with_streaming_response.content(file_id) as response, dest.open("wb") as out:
+        for chunk in response.iter_bytes(chunk_size=1 << 20):
+            out.write(chunk)
+    return dest
+
+
+def delete_file(client: openai.OpenAI, file_id: str) -> bool:
+    """Delete a file; True if it is gone (already deleted counts)."""
+    with contextlib.suppress(openai.NotFoundError):
+        client.files.delete(file_id)
+    return True
+
+
+def cancel_batch(client: openai.OpenAI, openai_batch_id: str) -> Batch | None:
+    try:
+        return client.batches.cancel(openai_batch_id)
+    except openai.NotFoundError:
+        return None
+
+
+def batch_errors(batch: Batch) -> list[dict[str, Any]]:
+    """The batch-level errors (validation failures, token_limit_exceeded) as plain dicts."""
+    if batch.errors is None or not batch.errors.data:
+        return []
+    return [e.model_dump() for e in batch.errors.data]

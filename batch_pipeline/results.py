@@ -1,0 +1,185 @@
+"""The results stage: read OpenAI's output and error files, store every line, requeue what is retryable.
+
+Classification of one line (``{id, custom_id, response, error}``):
+- success: ``error`` is null and ``response.status_code`` is 2xx;
+- retry: ``server_error`` (5xx), ``request_timeout``, ``batch_expired``, and ``batch_cancelled`` when
+  the batch expired rather than being cancelled by us; such requests go back to the queue (into a
+  new batch) up to ``OPENAI_MAX_RESUBMITS`` times, after which their error is delivered;
+- failed: everything else; the line (which carries the error) is delivered like a success.
+
+Lines are streamed from disk into a staging table with COPY and applied with set-based UPDATEs, all
+in one transaction together with the batch's state change, so a crash leaves nothing half-applied
+and re-running a finished results run changes nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
+from pathlib import Path
+from typing import Any
+
+import openai
+import orjson
+import psycopg
+from psycopg import sql
+
+from batch_pipeline import openai_client as oai
+from batch_pipeline.store import results as store
+from batch_pipeline.store.transitions import transition
+
+log = logging.getLogger(__name__)
+
+Connect = Callable[[], AbstractContextManager[psycopg.Connection]]
+
+RETRY_CODES = frozenset({"server_error", "request_timeout", "batch_expired"})
+
+
+def classify(line: dict[str, Any], batch_expired: bool) -> tuple[str, str | None]:
+    """('ok' | 'retry' | 'failed', error message or None) for one output/error line."""
+    error = line.get("error")
+    response = line.get("response") or {}
+    status = response.get("status_code")
+    if not error and isinstance(status, int) and 200 <= status < 300:
+        return "ok", None
+    if error:
+        code, message = error.get("code"), error.get("message") or str(error)
+    else:
+        body_error = (response.get("body") or {}).get("error") or {}
+        code = body_error.get("code") or body_error.get("type")
+        message = body_error.get("message") or f"HTTP {status}"
+        if isinstance(status, int) and status >= 500:
+            code = "server_error"
+    if code in RETRY_CODES or (code == "batch_cancelled" and batch_expired):
+        return "retry", f"{code}: {message}"
+    return "failed", f"{code}: {message}" if code else message
+
+
+def synthetic_line(custom_id: str, code: str, message: str) -> dict[str, Any]:
+    """An error line in OpenAI's shape for requests OpenAI never answered (e.g. a failed batch)."""
+    return {"id": None, "custom_id": custom_id, "response": None, "error": {"code": code, "message": message}}
+
+
+def _iter_file(path: Path) -> Iterator[dict[str, Any]]:
+    with path.open("rb") as fh:
+        for raw in fh:
+            if not raw.strip():
+                continue
+            try:
+                line = orjson.loads(raw)
+            except orjson.JSONDecodeError:
+                log.warning("skipping a malformed result line: %.200r", raw)
+                continue
+            if isinstance(line, dict) and isinstance(line.get("custom_id"), str):
+                yield line
+
+
+def _staged_from_files(
+    client: openai.OpenAI, batch: dict, workdir: Path
+) -> Iterator[tuple[str, str | None, str, str | None]]:
+    expired = batch["openai_status"] == "expired"
+    for file_id in (batch["openai_output_file_id"], batch["openai_error_file_id"]):
+        if not file_id:
+            continue
+        path = oai.download_file(client, file_id, workdir / f"{file_id}.jsonl")
+        for line in _iter_file(path):
+            kind, message = classify(line, expired)
+            yield line["custom_id"], orjson.dumps(line).decode(), kind, message
+
+
+def _staged_from_failure(
+    conn: psycopg.Connection, batch: dict
+) -> Iterator[tuple[str, str | None, str, str | None]]:
+    """A failed batch: lines named by validation errors fail; the rest go again (or all fail)."""
+    errors = batch["last_openai_error"] or []
+    by_line = {e["line"]: e for e in errors if isinstance(e.get("line"), int)}
+    requests = conn.execute(store.PROCESSING_IN_ORDER, (batch["id"],)).fetchall()
+    first = errors[0] if errors else {"code": "batch_failed", "message": batch["error_msg"] or "batch failed"}
+    for number, row in enumerate(requests, start=1):  # OpenAI numbers input lines from 1
+        if by_line:
+            err = by_line.get(number)
+            if err is None:
+                yield row["custom_id"], None, "retry", None
+                continue
+        else:
+            err = first
+        line = synthetic_line(row["custom_id"], err.get("code") or "batch_failed", err.get("message") or "")
+        yield (
+            row["custom_id"],
+            orjson.dumps(line),
+            "failed",
+            f"{line['error']['code']}: {line['error']['message']}",
+        )
+
+
+def ingest_results(
+    connect: Connect, client: openai.OpenAI, batch_id: int, max_resubmits: int
+) -> dict[str, Any]:
+    """Store the results of one finished OpenAI batch. Idempotent: a finished batch is skipped."""
+    with connect() as conn:
+        batch = transition(conn, batch_id, ("openai_completed",), "downloading", "results run started")
+        if batch is None:
+            batch = conn.execute("SELECT * FROM batchman.batches WHERE id = %s", (batch_id,)).fetchone()
+        conn.commit()
+    if batch is None or batch["state"] != "downloading":
+        return {"outcome": "skipped", "state": batch and batch["state"]}
+
+    with tempfile.TemporaryDirectory(prefix="batchman-results-") as tmp, connect() as conn:
+        if batch["openai_status"] == "failed":
+            rows = _staged_from_failure(conn, batch)
+        else:
+            rows = _staged_from_files(client, batch, Path(tmp))
+        conn.execute(store.CREATE_STAGING)
+        with conn.cursor().copy(store.COPY_STAGING) as copy:
+            for row in rows:
+                copy.write_row(row)
+        params = {"batch_id": batch_id, "max_resubmits": max_resubmits}
+        resubmitted = conn.execute(store.APPLY_RETRIES, params).rowcount
+        processed = conn.execute(store.APPLY_RESULTS, params).rowcount
+        # Requests OpenAI returned no line for: go again unless the batch was cancelled by us.
+        leftover_kind = "failed" if batch["openai_status"] == "cancelled" and not _expired(batch) else "retry"
+        leftovers = _apply_leftovers(conn, batch, leftover_kind, max_resubmits)
+        resubmitted += leftovers["resubmitted"]
+        processed += leftovers["processed"]
+        summary = {"processed": processed, "resubmitted": resubmitted}
+        deliverable = conn.execute(store.COUNT_DELIVERABLE, (batch_id,)).fetchone()["n"]
+        if deliverable:
+            transition(
+                conn,
+                batch_id,
+                ("downloading",),
+                "ready_to_deliver",
+                f"{processed} results stored",
+                resubmitted_count=resubmitted,
+            )
+        else:
+            transition(
+                conn,
+                batch_id,
+                ("downloading",),
+                "resubmitted",
+                f"all {resubmitted} requests resubmitted",
+                resubmitted_count=resubmitted,
+                completed_at=sql.SQL("now()"),
+            )
+        conn.commit()
+    return {"outcome": "stored", **summary}
+
+
+def _expired(batch: dict) -> bool:
+    return batch["openai_status"] == "expired"
+
+
+def _apply_leftovers(conn: psycopg.Connection, batch: dict, kind: str, max_resubmits: int) -> dict[str, int]:
+    resubmitted = 0
+    if kind == "retry":
+        params = {"batch_id": batch["id"], "max_resubmits": max_resubmits}
+        resubmitted = conn.execute(store.LEFTOVERS_RETRY, params).rowcount
+        code, message = "resubmit_limit_reached", f"no result after {max_resubmits} resubmissions"
+    else:
+        code, message = "batch_cancelled", "the batch was cancelled before this request ran"
+    params = {"batch_id": batch["id"], "code": code, "message": message}
+    processed = conn.execute(store.LEFTOVERS_FAIL, params).rowcount
+    return {"resubmitted": resubmitted, "processed": processed}

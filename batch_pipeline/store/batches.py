@@ -1,0 +1,101 @@
+"""Batch queries for the pipeline stages: build the JSONL, capacity, polling, request bulk moves."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import psycopg
+
+GET_BATCH = "SELECT * FROM batchman.batches WHERE id = %s"
+
+# The input file is exactly these lines, in this order (validation errors point at line numbers).
+BATCH_LINES = """
+SELECT payload FROM batchman.requests WHERE batch_id = %s AND state = 'pending' ORDER BY id
+"""
+
+RESERVED_TOKENS = """
+SELECT coalesce(sum(estimated_tokens), 0) AS tokens FROM batchman.batches
+WHERE model = %s AND state IN ('openai_processing', 'cancelling')
+"""
+
+REQUESTS_TO_PROCESSING = """
+UPDATE batchman.requests SET state = 'openai_processing', updated_at = now()
+WHERE batch_id = %s AND state = 'pending'
+"""
+
+REQUESTS_BACK_TO_PENDING = """
+UPDATE batchman.requests SET state = 'pending', updated_at = now()
+WHERE batch_id = %s AND state = 'openai_processing'
+"""
+
+# Waiting batches due for an admission check, oldest first (oldest-fit-first admission).
+WAITING_DUE = """
+SELECT id, model, estimated_tokens, waiting_since FROM batchman.batches
+WHERE state = 'waiting_for_capacity' AND (next_check_at IS NULL OR next_check_at <= now())
+ORDER BY waiting_since NULLS LAST, id
+LIMIT %s
+"""
+
+RESERVED_BY_MODEL = """
+SELECT model, sum(estimated_tokens) AS tokens FROM batchman.batches
+WHERE state IN ('openai_processing', 'cancelling') AND model = ANY(%s)
+GROUP BY model
+"""
+
+# Admitted: hand the batch to a new upload run; the run re-checks capacity under the model lock.
+ADMIT = """
+UPDATE batchman.batches SET launch_count = launch_count + 1, next_check_at = now() + interval '5 minutes',
+    updated_at = now()
+WHERE id = %s AND state = 'waiting_for_capacity'
+RETURNING id, launch_count
+"""
+
+# Batches handed to an upload run, to (re-)emit the run request (idempotent through the run key).
+READY_FOR_UPLOAD = """
+SELECT id, launch_count FROM batchman.batches WHERE state = 'ready' ORDER BY id LIMIT %s
+"""
+
+POLL_DUE = """
+SELECT id, openai_batch_id, state FROM batchman.batches
+WHERE state IN ('openai_processing', 'cancelling') AND (next_check_at IS NULL OR next_check_at <= now())
+ORDER BY next_check_at NULLS FIRST, id
+LIMIT %s
+"""
+
+RESULTS_DUE = """
+SELECT id, openai_batch_id FROM batchman.batches WHERE state = 'openai_completed' ORDER BY id LIMIT %s
+"""
+
+PROGRESS = """
+UPDATE batchman.batches SET openai_status = %(status)s, openai_completed = %(completed)s,
+    openai_failed = %(failed)s, openai_total = %(total)s,
+    next_check_at = now() + make_interval(secs => %(interval)s), updated_at = now()
+WHERE id = %(id)s AND state IN ('openai_processing', 'cancelling')
+"""
+
+POSTPONE_CHECK = """
+UPDATE batchman.batches SET next_check_at = now() + make_interval(secs => %s) WHERE id = %s
+"""
+
+MARK_CREATING = "UPDATE batchman.batches SET openai_status = 'creating', updated_at = now() WHERE id = %s"
+
+ADVISORY_LOCK = "SELECT pg_advisory_lock(hashtext('batchman.capacity:' || %s))"
+ADVISORY_UNLOCK = "SELECT pg_advisory_unlock(hashtext('batchman.capacity:' || %s))"
+
+
+def get_batch(conn: psycopg.Connection, batch_id: int) -> dict[str, Any] | None:
+    return conn.execute(GET_BATCH, (batch_id,)).fetchone()
+
+
+def iter_batch_lines(conn: psycopg.Connection, batch_id: int) -> Iterator[str]:
+    """The batch's JSONL lines through a server-side cursor: constant memory for 50,000 requests."""
+    with conn.cursor(name=f"batch_lines_{batch_id}") as cur:
+        cur.itersize = 2000
+        cur.execute(BATCH_LINES, (batch_id,))
+        for row in cur:
+            yield row["payload"]
+
+
+def reserved_tokens(conn: psycopg.Connection, model: str) -> int:
+    return int(conn.execute(RESERVED_TOKENS, (model,)).fetchone()["tokens"])

@@ -1,0 +1,189 @@
+"""Submitting one batch to OpenAI: build the JSONL, upload it, create the batch. Crash-safe.
+
+Each remote call is preceded by a stored intent and followed by storing its result, so a re-run
+after a crash at any point adopts what exists at OpenAI instead of creating it again:
+- the input file is found by its name (``batchman-batch-<id>.jsonl``) when no id was stored;
+- ``openai_status = 'creating'`` marks a create call in flight; a re-run then looks the batch up by
+  our id in its ``metadata`` before creating one. No batch is ever paid for twice.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import openai
+import psycopg
+from psycopg import sql
+
+from batch_pipeline import openai_client as oai
+from batch_pipeline.store import batches as store
+from batch_pipeline.store.transitions import transition
+
+log = logging.getLogger(__name__)
+
+Connect = Callable[[], AbstractContextManager[psycopg.Connection]]
+
+CLAIMABLE = ("ready", "uploading", "uploaded", "waiting_for_capacity")
+
+
+@dataclass(frozen=True)
+class SubmitResult:
+    outcome: str  # submitted | waiting_for_capacity | skipped | failed
+    detail: str = ""
+    openai_batch_id: str | None = None
+
+
+def _write_jsonl(conn: psycopg.Connection, batch_id: int, path: Path) -> int:
+    count = 0
+    with path.open("w", encoding="utf-8") as out:
+        for line in store.iter_batch_lines(conn, batch_id):
+            out.write(line)
+            out.write("\n")
+            count += 1
+    return count
+
+
+def _upload(connect: Connect, client: openai.OpenAI, batch: dict) -> str:
+    """The batch's input file id: reuse one uploaded before a crash, else build and upload."""
+    existing = oai.find_input_file(client, batch["id"])
+    if existing is not None:
+        log.info("batch %s: adopting input file %s uploaded before a restart", batch["id"], existing.id)
+        uploaded = existing
+    else:
+        with tempfile.TemporaryDirectory(prefix="batchman-") as tmp:
+            path = Path(tmp) / oai.input_file_name(batch["id"])
+            with connect() as conn:
+                lines = _write_jsonl(conn, batch["id"], path)
+            if lines == 0:
+                raise EmptyBatch(f"batch {batch['id']} has no pending requests")
+            uploaded = oai.upload_input_file(client, batch["id"], path)
+    expires = datetime.fromtimestamp(uploaded.expires_at, UTC) if uploaded.expires_at else None
+    with connect() as conn:
+        transition(
+            conn,
+            batch["id"],
+            ("uploading",),
+            "uploaded",
+            f"input file {uploaded.id}",
+            openai_input_file_id=uploaded.id,
+            expires_at=expires,
+        )
+        conn.commit()
+    return uploaded.id
+
+
+class EmptyBatch(RuntimeError):
+    pass
+
+
+def submit_batch(
+    connect: Connect,
+    client: openai.OpenAI,
+    batch_id: int,
+    token_limit: Callable[[str], int],
+    poll_interval_seconds: int,
+) -> SubmitResult:
+    """Move one batch from ``ready`` to ``openai_processing`` (or ``waiting_for_capacity``)."""
+    with connect() as conn:
+        batch = transition(conn, batch_id, ("ready",), "uploading", "upload run started")
+        if batch is None:
+            batch = store.get_batch(conn, batch_id)
+        conn.commit()
+    if batch is None:
+        return SubmitResult("skipped", "no such batch")
+    if batch["state"] not in CLAIMABLE:
+        return SubmitResult("skipped", f"batch is {batch['state']}")
+
+    if batch["openai_input_file_id"] is None:
+        if batch["state"] != "uploading":
+            with connect() as conn:
+                transition(conn, batch_id, CLAIMABLE, "uploading", "re-upload: no input file")
+                conn.commit()
+        try:
+            file_id = _upload(connect, client, batch)
+        except EmptyBatch as exc:
+            with connect() as conn:
+                transition(conn, batch_id, CLAIMABLE, "resubmitted", str(exc), completed_at=sql.SQL("now()"))
+                conn.commit()
+            return SubmitResult("skipped", str(exc))
+    else:
+        file_id = batch["openai_input_file_id"]
+        if batch["state"] == "uploading":
+            with connect() as conn:
+                transition(conn, batch_id, ("uploading",), "uploaded", "input file already stored")
+                conn.commit()
+    return _create(connect, client, batch, file_id, token_limit, poll_interval_seconds)
+
+
+def _create(
+    connect: Connect,
+    client: openai.OpenAI,
+    batch: dict,
+    file_id: str,
+    token_limit: Callable[[str], int],
+    poll_interval_seconds: int,
+) -> SubmitResult:
+    batch_id, model = batch["id"], batch["model"]
+    # One admission per model at a time, across runs and processes: the ledger check and the create
+    # call must not interleave with another batch of the same model.
+    with connect() as lock_conn:
+        lock_conn.autocommit = True
+        lock_conn.execute(store.ADVISORY_LOCK, (model,))
+        try:
+            with connect() as conn:
+                current = store.get_batch(conn, batch_id)
+                if current["state"] not in ("uploaded", "waiting_for_capacity"):
+                    return SubmitResult("skipped", f"batch is {current['state']}")
+                remote = None
+                if current["openai_status"] == "creating":
+                    remote = oai.find_batch(client, batch_id)  # a create call may have succeeded
+                if remote is None:
+                    limit = token_limit(model)
+                    reserved = store.reserved_tokens(conn, model)
+                    if reserved > 0 and reserved + current["estimated_tokens"] > limit:
+                        transition(
+                            conn,
+                            batch_id,
+                            ("uploaded", "waiting_for_capacity"),
+                            "waiting_for_capacity",
+                            f"insufficient headroom: {reserved} of {limit} tokens reserved for {model}",
+                            capacity_wait_reason="insufficient_headroom",
+                            waiting_since=sql.SQL("coalesce(waiting_since, now())"),
+                            next_check_at=sql.SQL("now() + interval '10 seconds'"),
+                        )
+                        conn.commit()
+                        return SubmitResult("waiting_for_capacity", f"{reserved}/{limit} tokens reserved")
+                    conn.execute(store.MARK_CREATING, (batch_id,))
+                    conn.commit()
+                    remote = oai.create_batch(client, batch_id, file_id, batch["endpoint"])
+                transition(
+                    conn,
+                    batch_id,
+                    ("uploaded", "waiting_for_capacity"),
+                    "openai_processing",
+                    f"created OpenAI batch {remote.id}",
+                    openai_batch_id=remote.id,
+                    openai_status=remote.status,
+                    capacity_wait_reason=None,
+                    waiting_since=None,
+                    next_check_at=sql.SQL(f"now() + interval '{int(poll_interval_seconds)} seconds'"),
+                )
+                conn.execute(store.REQUESTS_TO_PROCESSING, (batch_id,))
+                conn.commit()
+                return SubmitResult("submitted", openai_batch_id=remote.id)
+        finally:
+            lock_conn.execute(store.ADVISORY_UNLOCK, (model,))
+
+
+def fail_batch(connect: Connect, batch_id: int, message: str) -> None:
+    """A permanent error (e.g. a rejected API key): the batch fails with the message. Its requests
+    stay with it; ``POST /api/batches/{id}/restart`` puts them back in the queue once fixed."""
+    with connect() as conn:
+        transition(conn, batch_id, CLAIMABLE, "failed", message[:2000], error_msg=message[:10_000])
+        conn.commit()
