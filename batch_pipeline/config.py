@@ -68,7 +68,7 @@ class Settings(BaseSettings):
 
     # --- Intake ---------------------------------------------------------------------------------
     api_token: SecretStr | None = Field(None, description="When set, the API and UI require it.")
-    custom_id_max_length: int = Field(512, ge=1, le=4096)
+    custom_id_max_length: int = Field(512, ge=1, le=512)  # 512 x 4 UTF-8 bytes fits the unique index
     intake_max_body_bytes: int = Field(16 * 1024 * 1024, ge=1024)
     bulk_max_items: int = Field(50_000, ge=1, le=1_000_000)
     bulk_max_body_bytes: int = Field(256 * 1024 * 1024, ge=1024)

@@ -18,6 +18,7 @@ import msgspec
 from batch_pipeline.endpoints import ENDPOINTS
 from batch_pipeline.tokens import estimate_tokens
 from batch_pipeline.validation import (
+    CUSTOM_ID_MAX_BYTES,
     RABBITMQ_QUEUE_MAX_BYTES,
     Limits,
     NewRequest,
@@ -68,8 +69,10 @@ def fast_validate(raw: bytes, limits: Limits, url_policy: UrlPolicy | None = Non
         or not custom_id
         or custom_id != custom_id.strip()
         or len(custom_id) > limits.custom_id_max_length
+        or len(custom_id.encode()) > CUSTOM_ID_MAX_BYTES
         or not body.model.strip()
         or body.stream is True
+        or b"\\u0000" in raw  # NUL (escaped in JSON): the full validator rejects it
         or b"\n" in body_raw
         or b"\r" in body_raw
     ):

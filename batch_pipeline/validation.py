@@ -22,6 +22,8 @@ from batch_pipeline.tokens import count_embedding_inputs, estimate_tokens
 
 TOP_LEVEL_FIELDS = ("custom_id", "url", "method", "body", "delivery_config")
 RABBITMQ_QUEUE_MAX_BYTES = 255  # AMQP short string
+# A btree index row holds at most 2,704 bytes; the unique index on custom_id needs some margin.
+CUSTOM_ID_MAX_BYTES = 2048
 
 # A policy hook for webhook URLs (the SSRF check): returns a reason to reject, or None.
 UrlPolicy = Callable[[str], str | None]
@@ -121,6 +123,16 @@ def _body_errors(url: Any, body: Any, pointer: str) -> list[dict]:
     return errs
 
 
+def _has_nul(value: Any) -> bool:
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(_has_nul(k) or _has_nul(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_has_nul(v) for v in value)
+    return False
+
+
 def _dump_line(line: dict) -> bytes:
     """Compact UTF-8 JSON. orjson is several times faster; integers beyond 64 bits need the stdlib."""
     try:
@@ -144,7 +156,7 @@ def validate_request(
             errs.append(error("custom_id must be a non-empty string", f"{pointer}/custom_id"))
         elif custom_id != custom_id.strip():
             errs.append(error("custom_id must not start or end with whitespace", f"{pointer}/custom_id"))
-        elif len(custom_id) > limits.custom_id_max_length:
+        elif len(custom_id) > limits.custom_id_max_length or len(custom_id.encode()) > CUSTOM_ID_MAX_BYTES:
             errs.append(
                 error(
                     f"custom_id must be at most {limits.custom_id_max_length} characters",
@@ -152,7 +164,7 @@ def validate_request(
                 )
             )
     url = obj.get("url")
-    if "url" in obj and url not in ENDPOINTS:
+    if "url" in obj and (not isinstance(url, str) or url not in ENDPOINTS):
         errs.append(error(f"url must be one of: {', '.join(SUPPORTED_URLS)}", f"{pointer}/url"))
     if "method" in obj and obj["method"] != "POST":
         errs.append(error("method must be POST", f"{pointer}/method"))
@@ -163,6 +175,9 @@ def validate_request(
     if errs:
         return errs
 
+    if _has_nul(obj):
+        # Postgres text and jsonb cannot hold U+0000; OpenAI has no use for it either.
+        return [error("text must not contain the NUL character (U+0000)", pointer or "/")]
     body = obj["body"]
     # The line OpenAI receives: delivery_config never leaves this service.
     try:

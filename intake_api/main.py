@@ -12,9 +12,11 @@ from psycopg_pool import AsyncConnectionPool
 
 import batch_pipeline
 from batch_pipeline.config import Settings, get_settings
+from batch_pipeline.delivery.ssrf import intake_url_policy
 from batch_pipeline.intake import IntakeService
 from intake_api.errors import install_error_handlers
-from intake_api.routes import health, requests
+from intake_api.routes import batches, batches_redeliver, health, openai_webhook, requests
+from intake_api.routes import settings as settings_routes
 from intake_api.schemas import RequestInput
 
 log = logging.getLogger(__name__)
@@ -51,10 +53,14 @@ def create_app(settings: Settings | None = None, database_url: str | None = None
         lifespan=lifespan,
     )
     app.state.settings = settings
-    app.state.intake = IntakeService(settings)
+    app.state.intake = IntakeService(settings, url_policy=intake_url_policy(settings))
     install_error_handlers(app)
     app.include_router(health.router)
     app.include_router(requests.router)
+    app.include_router(batches.router)
+    app.include_router(batches_redeliver.router)
+    app.include_router(settings_routes.router)
+    app.include_router(openai_webhook.router)
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     return app
 

@@ -105,6 +105,11 @@ async def list_requests(
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     before: Annotated[int | None, Query(description="Cursor: the next_cursor of the previous page")] = None,
 ) -> dict:
+    for name, value in (("state", state), ("model", model), ("url", url), ("q", q)):
+        if value and "\x00" in value:
+            raise ApiError(
+                422, "validation_error", "Invalid value", f"{name} must not contain NUL", f"/{name}"
+            )
     flt = store.RequestFilter(state=state, batch_id=batch_id, model=model, url=url, search=q)
     rows = await store.list_requests(conn, flt, limit + 1, before)
     page = rows[:limit]
@@ -119,6 +124,8 @@ async def list_requests(
     summary="Deliver a stored result again",
 )
 async def redeliver(custom_id: str, conn: ConnDep) -> dict:
+    if "\x00" in custom_id:  # cannot be stored, so cannot exist
+        raise _not_found(custom_id)
     row = await store.redeliver_request(conn, custom_id)
     if row is not None:
         return {**row, "message": "Redelivery triggered"}
@@ -136,6 +143,8 @@ async def redeliver(custom_id: str, conn: ConnDep) -> dict:
     summary="Look up a request, its delivery attempts and its result",
 )
 async def get_request(custom_id: str, conn: ConnDep) -> dict:
+    if "\x00" in custom_id:
+        raise _not_found(custom_id)
     row = await store.get_request(conn, custom_id)
     if row is None:
         raise _not_found(custom_id)

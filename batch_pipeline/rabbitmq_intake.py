@@ -1,0 +1,198 @@
+"""RabbitMQ intake: consume ``RABBITMQ_INPUT_QUEUE``, store each message as ``POST /api/requests`` would.
+
+Same validation and store as HTTP (``IntakeService.submit_bulk``), in batches of up to
+``RABBITMQ_INTAKE_BATCH_SIZE`` messages with ``RABBITMQ_INTAKE_PREFETCH`` unacked in flight.
+Decisions, per message, only after the batch is committed:
+- stored, or a duplicate custom_id → ack (duplicates are logged);
+- not JSON, invalid, too large → ``basic_reject(requeue=False)`` with the reason logged; the broker
+  dead-letters it when the queue has a DLX. Never requeued: a poison message cannot loop;
+- the database is unreachable → the batch is requeued and we back off (1 s doubling to 30 s).
+The queue is never declared (it must exist). Connection loss → reconnect with the same backoff.
+SIGTERM/SIGINT stop cleanly: the batch in hand is finished, unacked prefetched messages are requeued.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import signal
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import pika
+import pika.exceptions
+import psycopg
+
+from batch_pipeline.config import Settings, get_settings
+from batch_pipeline.delivery.ssrf import intake_url_policy
+from batch_pipeline.intake import IntakeService, Outcome, Undecodable
+
+log = logging.getLogger(__name__)
+
+BACKOFF_START, BACKOFF_MAX = 1.0, 30.0
+FLUSH_SECONDS = 0.05  # a partial batch waits at most this long for more messages
+DB_ERRORS = (psycopg.OperationalError, psycopg.InterfaceError)
+
+
+@dataclass(frozen=True)
+class Message:
+    tag: int
+    body: bytes
+
+
+class IntakeConsumer:
+    def __init__(
+        self, settings: Settings, dsn: str, url: str | None = None, queue: str | None = None
+    ) -> None:
+        self.url = url or settings.rabbitmq_url
+        self.queue = queue or settings.rabbitmq_input_queue
+        if not self.url or not self.queue:
+            raise ValueError("RABBITMQ_URL and RABBITMQ_INPUT_QUEUE must both be set for the intake consumer")
+        self.dsn = dsn
+        self.prefetch = settings.rabbitmq_intake_prefetch
+        self.batch_size = settings.rabbitmq_intake_batch_size
+        self.intake = IntakeService(settings, url_policy=intake_url_policy(settings))
+        self.counts = {"accepted": 0, "duplicate": 0, "rejected": 0, "requeued": 0}
+        self._stop = threading.Event()
+        self._runner = asyncio.Runner()
+        self._db: psycopg.AsyncConnection | None = None
+        self._backoff = BACKOFF_START
+
+    def stop(self) -> None:
+        """Ask the consumer to finish the batch in hand and return (thread-safe, signal-safe)."""
+        self._stop.set()
+
+    # --- the database side ---------------------------------------------------------------------------
+
+    async def _submit(self, objs: list[object]) -> list[Outcome]:
+        if self._db is None or self._db.closed:
+            self._db = await psycopg.AsyncConnection.connect(self.dsn, connect_timeout=5)
+        try:
+            return await self.intake.submit_bulk(self._db, objs)
+        except BaseException:
+            await self._db.close()  # a half-done transaction or a broken link: start clean next time
+            self._db = None
+            raise
+
+    # --- one batch -------------------------------------------------------------------------------------
+
+    def _handle(
+        self, channel: pika.adapters.blocking_connection.BlockingChannel, batch: Sequence[Message]
+    ) -> None:
+        objs: list[object] = []
+        for m in batch:
+            try:
+                objs.append(json.loads(m.body))
+            except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+                objs.append(Undecodable(f"message body is not JSON: {exc}"))
+        try:
+            outcomes = self._runner.run(self._submit(objs))
+        except DB_ERRORS as exc:
+            log.warning(
+                "database unavailable (%s); requeueing %d messages, retry in %.0f s",
+                exc,
+                len(batch),
+                self._backoff,
+            )
+            channel.basic_nack(delivery_tag=batch[-1].tag, multiple=True, requeue=True)
+            self.counts["requeued"] += len(batch)
+            self._pause(channel, self._backoff)
+            self._backoff = min(self._backoff * 2, BACKOFF_MAX)
+            return
+        except Exception:
+            # A bug, not bad input we know of: isolate the message that causes it and reject only that
+            # one, so it cannot block the queue or loop forever.
+            if len(batch) > 1:
+                log.exception("intake batch failed; retrying its %d messages one by one", len(batch))
+                for m in batch:
+                    self._handle(channel, [m])
+            else:
+                log.exception("rejecting message %d: intake failed on it", batch[0].tag)
+                channel.basic_reject(batch[0].tag, requeue=False)
+                self.counts["rejected"] += 1
+            return
+        self._backoff = BACKOFF_START
+        for m, outcome in zip(batch, outcomes, strict=True):
+            if outcome.status in ("accepted", "duplicate"):
+                if outcome.status == "duplicate":
+                    log.info("duplicate custom_id %r acknowledged and dropped", outcome.custom_id)
+                channel.basic_ack(m.tag)
+                self.counts[outcome.status] += 1
+            else:
+                reasons = "; ".join(
+                    f"{e['source']['pointer'] if 'source' in e else '/'}: {e['detail']}"
+                    for e in outcome.errors
+                )
+                log.warning(
+                    "rejected message (custom_id %r, %s): %s", outcome.custom_id, outcome.status, reasons
+                )
+                channel.basic_reject(m.tag, requeue=False)
+                self.counts["rejected"] += 1
+
+    def _pause(self, channel: pika.adapters.blocking_connection.BlockingChannel, seconds: float) -> None:
+        # Sleeping through the connection keeps its heartbeats going; short slices keep stop() prompt.
+        remaining = seconds
+        while remaining > 0 and not self._stop.is_set():
+            step = min(remaining, 0.5)
+            channel.connection.sleep(step)
+            remaining -= step
+
+    # --- the broker side -------------------------------------------------------------------------------
+
+    def _consume(self) -> None:
+        params = pika.URLParameters(self.url)
+        conn = pika.BlockingConnection(params)
+        try:
+            channel = conn.channel()
+            channel.basic_qos(prefetch_count=self.prefetch)
+            log.info("consuming %s (prefetch %d, batches of %d)", self.queue, self.prefetch, self.batch_size)
+            self._backoff = BACKOFF_START
+            batch: list[Message] = []
+            for method, _props, body in channel.consume(self.queue, inactivity_timeout=FLUSH_SECONDS):
+                if method is not None:
+                    batch.append(Message(method.delivery_tag, body))
+                if batch and (method is None or len(batch) >= self.batch_size):
+                    self._handle(channel, batch)
+                    batch = []
+                if self._stop.is_set() and not batch:
+                    break
+            channel.cancel()
+        finally:
+            if conn.is_open:
+                conn.close()
+
+    def run(self) -> None:
+        """Consume until ``stop()``; reconnect with backoff when the broker or the queue goes away."""
+        try:
+            while not self._stop.is_set():
+                try:
+                    self._consume()
+                except (pika.exceptions.AMQPError, OSError) as exc:
+                    if self._stop.is_set():
+                        break
+                    log.warning("RabbitMQ intake: %r; reconnecting in %.0f s", exc, self._backoff)
+                    self._stop.wait(self._backoff)
+                    self._backoff = min(self._backoff * 2, BACKOFF_MAX)
+        finally:
+            if self._db is not None:
+                self._runner.run(self._db.close())
+            self._runner.close()
+            log.info("RabbitMQ intake stopped: %s", self.counts)
+
+
+def main(settings: Settings | None = None, dsn: str | None = None) -> int:
+    """Entry point for ``batchman consumer``: runs until SIGTERM/SIGINT."""
+    settings = settings or get_settings()
+    dsn = dsn or settings.database_url
+    if not dsn:
+        raise SystemExit("DATABASE_URL is not set")
+    if not settings.rabbitmq_url or not settings.rabbitmq_input_queue:
+        log.info("RabbitMQ intake disabled: RABBITMQ_URL and RABBITMQ_INPUT_QUEUE must both be set")
+        return 0
+    consumer = IntakeConsumer(settings, dsn)
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: consumer.stop())
+    consumer.run()
+    return 0

@@ -1,0 +1,283 @@
+"""Delivery state in the app tables: claims with a lease, attempts in bulk, batch outcome, redelivery.
+
+Request states: ``openai_processed`` (due when ``next_attempt_at <= now()``) → ``delivering`` (claimed
+until ``claimed_until``) → ``delivered`` / ``failed`` (failed at OpenAI, result delivered) /
+``delivery_failed`` (final), or back to ``openai_processed`` with a later ``next_attempt_at``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import psycopg
+from psycopg.rows import dict_row
+
+from batch_pipeline.delivery.attempt import Attempt, Delivery
+
+# States a batch may (re)enter 'delivering' from, and the ones that mean "delivery finished".
+DELIVERY_DONE_STATES = ("delivered", "partially_delivered", "delivery_failed")
+DELIVERABLE_BATCH_STATES = ("ready_to_deliver", "delivering", *DELIVERY_DONE_STATES)
+# Request states a batch redelivery resets, per ``only``.
+REDELIVER_STATES = {
+    "failed": ("delivery_failed",),
+    "all": ("delivered", "failed", "delivery_failed", "openai_processed"),
+}
+
+# Due requests of one batch, and claims whose lease ran out (their run crashed). SKIP LOCKED: two
+# runs never claim the same row; the lease: a crashed run's rows come back.
+CLAIM = """
+WITH due AS (
+    SELECT id FROM batchman.requests
+    WHERE batch_id = %(batch_id)s
+      AND ((state = 'openai_processed' AND next_attempt_at <= now())
+           OR (state = 'delivering' AND claimed_until < now()))
+    ORDER BY id
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE batchman.requests r
+SET state = 'delivering', claimed_until = now() + make_interval(secs => %(lease)s), updated_at = now()
+FROM due WHERE r.id = due.id
+RETURNING r.id, r.custom_id, r.delivery_config, r.result::text AS body, r.error_msg IS NOT NULL AS failed,
+          r.delivery_retries
+"""
+
+# The attempt rows snapshot each request's delivery_config as it was when sent.
+RECORD_ATTEMPTS = """
+INSERT INTO batchman.delivery_attempts
+    (request_id, delivery_config, outcome, http_status, duration_ms, error_msg, attempted_at)
+SELECT v.id, r.delivery_config, v.outcome, v.http_status, v.duration_ms, v.error_msg, v.attempted_at
+FROM unnest(%s::bigint[], %s::text[], %s::int[], %s::int[], %s::text[], %s::timestamptz[])
+    AS v(id, outcome, http_status, duration_ms, error_msg, attempted_at)
+JOIN batchman.requests r ON r.id = v.id
+"""
+
+# delay NULL: a final state. Only rows still claimed move (a cancel in between wins).
+APPLY_OUTCOMES = """
+UPDATE batchman.requests r
+SET state = v.state,
+    next_attempt_at = CASE WHEN v.delay IS NULL THEN r.next_attempt_at
+                           ELSE now() + make_interval(secs => v.delay) END,
+    delivery_retries = CASE WHEN v.state = 'openai_processed' THEN r.delivery_retries + 1 ELSE 0 END,
+    delivery_attempt_count = r.delivery_attempt_count + 1,
+    claimed_until = NULL,
+    updated_at = now()
+FROM unnest(%s::bigint[], %s::text[], %s::float8[]) AS v(id, state, delay)
+WHERE r.id = v.id AND r.state = 'delivering'
+"""
+
+BATCH_COUNTS = """
+SELECT count(*) FILTER (WHERE state IN ('openai_processed', 'delivering')) AS open,
+       count(*) FILTER (WHERE state IN ('delivered', 'failed')) AS delivered,
+       count(*) FILTER (WHERE state = 'delivery_failed') AS failed
+FROM batchman.requests WHERE batch_id = %s
+"""
+
+# A conditional batch transition with its audit row, in one statement; no row back: not moved.
+TRANSITION = """
+WITH old AS (
+    SELECT id, state FROM batchman.batches
+    WHERE id = %(batch_id)s AND state = ANY(%(from_states)s) FOR UPDATE
+), moved AS (
+    UPDATE batchman.batches b SET state = %(to_state)s, updated_at = now()
+    FROM old WHERE b.id = old.id
+    RETURNING b.id, old.state AS from_state
+)
+INSERT INTO batchman.batch_transitions (batch_id, from_state, to_state, reason)
+SELECT id, from_state, %(to_state)s, %(reason)s FROM moved
+RETURNING from_state
+"""
+
+GET_BATCH = "SELECT id, state, delivery_wave, delivery_requested_at FROM batchman.batches WHERE id = %s"
+
+# Batches that need a delivery run: new ones, ones with due retries or expired claims (also after a
+# per-request redelivery of a finished batch), and 'delivering' ones with nothing left whose run died
+# before deciding the outcome. A batch already requested is skipped until that request goes stale.
+DUE_BATCHES = """
+WITH due AS (
+    SELECT batch_id FROM batchman.requests
+    WHERE state = 'openai_processed' AND next_attempt_at <= now() AND batch_id IS NOT NULL
+    UNION
+    SELECT batch_id FROM batchman.requests WHERE state = 'delivering' AND claimed_until < now()
+), candidates AS (
+    SELECT b.id FROM batchman.batches b
+    WHERE (b.delivery_requested_at IS NULL
+           OR b.delivery_requested_at < now() - make_interval(secs => %(stale_seconds)s))
+      AND (b.state = 'ready_to_deliver'
+           OR (b.state = ANY(%(states)s) AND b.id IN (SELECT batch_id FROM due))
+           OR (b.state = 'delivering' AND NOT EXISTS (
+                   SELECT 1 FROM batchman.requests r
+                   WHERE r.batch_id = b.id AND r.state IN ('openai_processed', 'delivering'))))
+    ORDER BY b.id
+    LIMIT %(limit)s
+    FOR UPDATE OF b SKIP LOCKED
+)
+UPDATE batchman.batches b
+SET delivery_wave = b.delivery_wave + 1, delivery_requested_at = now()
+FROM candidates c WHERE b.id = c.id
+RETURNING b.id, b.delivery_wave
+"""
+
+RELEASE_BATCH = "UPDATE batchman.batches SET delivery_requested_at = NULL WHERE id = %s"
+
+REDELIVER_REQUESTS = """
+UPDATE batchman.requests
+SET state = 'openai_processed', next_attempt_at = now(), claimed_until = NULL, delivery_retries = 0,
+    updated_at = now()
+WHERE batch_id = %s AND result IS NOT NULL AND state = ANY(%s)
+"""
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What to store for one attempt: the request's next state and, for a retry, the wait."""
+
+    delivery: Delivery
+    attempt: Attempt
+    state: str
+    delay: float | None = None
+
+
+# --- used by the deliverer (async) ---------------------------------------------------------------
+
+
+async def claim(
+    conn: psycopg.AsyncConnection, batch_id: int, limit: int, lease_seconds: float
+) -> list[Delivery]:
+    cur = conn.cursor(row_factory=dict_row)
+    await cur.execute(CLAIM, {"batch_id": batch_id, "limit": limit, "lease": lease_seconds})
+    rows = await cur.fetchall()
+    await conn.commit()
+    return [
+        Delivery(
+            request_id=r["id"],
+            custom_id=r["custom_id"],
+            delivery_config=r["delivery_config"],
+            body=(r["body"] or "null").encode(),
+            retries=r["delivery_retries"],
+            failed_at_openai=r["failed"],
+        )
+        for r in rows
+    ]
+
+
+async def record(conn: psycopg.AsyncConnection, outcomes: Sequence[Outcome]) -> None:
+    """Every attempt row and every request's new state, in one transaction."""
+    if not outcomes:
+        return
+    ids = [o.delivery.request_id for o in outcomes]
+    attempts = [o.attempt for o in outcomes]
+    times: list[datetime] = [a.attempted_at for a in attempts]
+    async with conn.transaction():
+        await conn.execute(
+            RECORD_ATTEMPTS,
+            (
+                ids,
+                [a.outcome for a in attempts],
+                [a.http_status for a in attempts],
+                [a.duration_ms for a in attempts],
+                [a.error for a in attempts],
+                times,
+            ),
+        )
+        await conn.execute(APPLY_OUTCOMES, (ids, [o.state for o in outcomes], [o.delay for o in outcomes]))
+
+
+def outcome_state(counts: dict[str, int]) -> str | None:
+    """The batch outcome (seed §3.5), or None while requests are still being delivered."""
+    if counts["open"]:
+        return None
+    if counts["failed"] == 0:
+        return "delivered"  # also for a batch with nothing to deliver
+    return "partially_delivered" if counts["delivered"] else "delivery_failed"
+
+
+async def finish_batch(conn: psycopg.AsyncConnection, batch_id: int) -> str | None:
+    """Move a 'delivering' batch to its outcome when nothing is left to deliver; the new state or None."""
+    cur = conn.cursor(row_factory=dict_row)
+    await cur.execute(BATCH_COUNTS, (batch_id,))
+    counts = await cur.fetchone()
+    assert counts is not None
+    target = outcome_state(counts)
+    if target is not None:
+        reason = f"{counts['delivered']} delivered, {counts['failed']} delivery failed"
+        await cur.execute(
+            TRANSITION,
+            {"batch_id": batch_id, "from_states": ["delivering"], "to_state": target, "reason": reason},
+        )
+        target = target if await cur.fetchone() else None
+    await conn.commit()
+    return target
+
+
+async def redeliver_batch(conn: psycopg.AsyncConnection, batch_id: int, only: str) -> dict[str, Any] | None:
+    """Make a batch's stored results due again (``only``: failed | all) and reopen the batch.
+
+    None when the batch does not exist. ``requeued`` is 0 when nothing matched (or the batch is not
+    in a delivery state; ``state`` tells which).
+    """
+    cur = conn.cursor(row_factory=dict_row)
+    await cur.execute(GET_BATCH + " FOR UPDATE", (batch_id,))
+    batch = await cur.fetchone()
+    if batch is None:
+        await conn.rollback()
+        return None
+    requeued = 0
+    if batch["state"] in DELIVERABLE_BATCH_STATES:
+        await cur.execute(REDELIVER_REQUESTS, (batch_id, list(REDELIVER_STATES[only])))
+        requeued = cur.rowcount
+    state = batch["state"]
+    if requeued and state in DELIVERY_DONE_STATES:
+        await cur.execute(
+            TRANSITION,
+            {
+                "batch_id": batch_id,
+                "from_states": list(DELIVERY_DONE_STATES),
+                "to_state": "delivering",
+                "reason": f"redeliver only={only}: {requeued} requests",
+            },
+        )
+        state = "delivering"
+    await conn.commit()
+    return {"batch_id": batch_id, "only": only, "requeued": requeued, "state": state}
+
+
+# --- used by the Dagster job and sensor (sync) ---------------------------------------------------
+
+
+def begin_delivery(conn: psycopg.Connection, batch_id: int, reason: str) -> str | None:
+    """Move the batch to 'delivering' (from ready_to_deliver or a finished delivery state); returns
+    the batch state when delivery may go on, None when the batch is gone or in another state."""
+    conn.execute(
+        TRANSITION,
+        {
+            "batch_id": batch_id,
+            "from_states": ["ready_to_deliver", *DELIVERY_DONE_STATES],
+            "to_state": "delivering",
+            "reason": reason,
+        },
+    )
+    row = conn.execute(GET_BATCH, (batch_id,)).fetchone()
+    conn.commit()
+    if row is None:
+        return None
+    state = row["state"] if isinstance(row, dict) else row[1]
+    return state if state == "delivering" else None
+
+
+def due_batches(conn: psycopg.Connection, limit: int, stale_seconds: float) -> list[tuple[int, int]]:
+    """(batch id, wave) for batches that need a delivery run now, marked as requested."""
+    rows = conn.execute(
+        DUE_BATCHES,
+        {"limit": limit, "stale_seconds": stale_seconds, "states": list(DELIVERABLE_BATCH_STATES[1:])},
+    ).fetchall()
+    conn.commit()
+    return sorted((r["id"], r["delivery_wave"]) if isinstance(r, dict) else (r[0], r[1]) for r in rows)
+
+
+def release_batch(conn: psycopg.Connection, batch_id: int) -> None:
+    conn.execute(RELEASE_BATCH, (batch_id,))
+    conn.commit()

@@ -1,0 +1,150 @@
+"""``/api/batches``: list and inspect batches; upload now, cancel, restart and delete them.
+
+The actions change state only; the Dagster sensors do the work at their next tick (upload runs for new
+'ready' batches, admission for a waiting batch made due, the status check of a cancelling batch).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Annotated
+
+from fastapi import APIRouter, Body, Depends, Query, Request, Response
+
+from batch_pipeline import batch_admin as admin
+from intake_api.deps import ConnDep, SettingsDep, require_token
+from intake_api.errors import ApiError
+from intake_api.schemas import EndpointUrl, errors_doc
+from intake_api.schemas_batches import (
+    NO_NUL,
+    BatchAction,
+    BatchDetail,
+    BatchPage,
+    BatchState,
+    CancelResult,
+    RestartResult,
+    UploadNowInput,
+    UploadNowResult,
+)
+
+router = APIRouter(prefix="/api/batches", tags=["batches"], dependencies=[Depends(require_token)])
+
+
+@contextmanager
+def _as_api_errors() -> Iterator[None]:
+    """The admin layer's errors in the seed envelope."""
+    try:
+        yield
+    except admin.BatchNotFound as exc:
+        raise ApiError(404, "not_found", "Batch Not Found", str(exc)) from None
+    except admin.InvalidBatchState as exc:
+        raise ApiError(409, "invalid_batch_state", "Invalid Batch State", str(exc)) from None
+    except admin.OpenAICallFailed as exc:
+        raise ApiError(502, "openai_error", "OpenAI Error", str(exc)) from None
+
+
+@router.get(
+    "", response_model=BatchPage, responses=errors_doc(401, 422), summary="List batches, newest first"
+)
+async def list_batches(
+    conn: ConnDep,
+    state: BatchState | None = None,
+    model: Annotated[str | None, Query(pattern=NO_NUL)] = None,
+    endpoint: EndpointUrl | None = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    before: Annotated[int | None, Query(description="Cursor: the next_cursor of the previous page")] = None,
+) -> dict:
+    flt = admin.BatchFilter(state=state, model=model, endpoint=endpoint)
+    rows = await admin.list_batches(conn, flt, limit + 1, before)
+    page = rows[:limit]
+    return {"data": page, "next_cursor": page[-1]["id"] if len(rows) > limit else None}
+
+
+@router.post(
+    "/upload",
+    status_code=202,
+    response_model=UploadNowResult,
+    responses=errors_doc(401, 422),
+    summary="Cut batches now from the queued requests (all groups, or one endpoint and/or model)",
+)
+async def upload_queued(
+    request: Request,
+    settings: SettingsDep,
+    body: Annotated[UploadNowInput | None, Body()] = None,
+) -> dict:
+    body = body or UploadNowInput()
+    # The cutter is the batching sensor's (sync psycopg); it gets its own connection to the same database.
+    dsn = request.app.state.pool.conninfo
+    cut = await admin.upload_queued(dsn, settings, endpoint=body.endpoint, model=body.model)
+    message = (
+        f"{len(cut)} batches cut; their uploads start at the next sensor tick" if cut else "Nothing queued"
+    )
+    return {"batch_ids": [b["id"] for b in cut], "batches": cut, "message": message}
+
+
+@router.get(
+    "/{batch_id}",
+    response_model=BatchDetail,
+    responses=errors_doc(401, 404, 422),
+    summary="A batch with its request counts per state, transitions, OpenAI ids and usage",
+)
+async def get_batch(batch_id: int, conn: ConnDep) -> dict:
+    with _as_api_errors():
+        return await admin.get_batch(conn, batch_id)
+
+
+@router.post(
+    "/{batch_id}/upload",
+    status_code=202,
+    response_model=BatchAction,
+    responses=errors_doc(401, 404, 409, 422),
+    summary="Check the capacity of a batch waiting for it now, instead of at its next scheduled check",
+)
+async def upload_waiting(batch_id: int, conn: ConnDep) -> dict:
+    with _as_api_errors():
+        row = await admin.upload_waiting(conn, batch_id)
+    return {**row, "message": "Capacity check due now; the batch is submitted as soon as it fits"}
+
+
+@router.post(
+    "/{batch_id}/cancel",
+    status_code=202,
+    response_model=CancelResult,
+    responses=errors_doc(401, 404, 409, 422, 502),
+    summary="Cancel a batch, at OpenAI too when it is there",
+)
+async def cancel_batch(batch_id: int, conn: ConnDep, settings: SettingsDep) -> dict:
+    with _as_api_errors():
+        result = await admin.cancel_batch(conn, settings, batch_id)
+    if result["state"] == "cancelling":
+        message = "Cancelling at OpenAI; partial results are collected and delivered when it has stopped"
+    else:
+        message = f"Cancelled with {result['cancelled_requests']} requests"
+    return {**result, "message": message}
+
+
+@router.post(
+    "/{batch_id}/restart",
+    status_code=202,
+    response_model=RestartResult,
+    responses=errors_doc(401, 404, 409, 422),
+    summary="Put a failed batch's undelivered requests back in the queue",
+)
+async def restart_batch(batch_id: int, conn: ConnDep) -> dict:
+    with _as_api_errors():
+        result = await admin.restart_batch(conn, batch_id)
+    return {**result, "message": f"{result['requeued_requests']} requests back in the queue"}
+
+
+@router.delete(
+    "/{batch_id}",
+    status_code=204,
+    response_class=Response,
+    responses=errors_doc(401, 404, 409, 422),
+    summary="Delete a finished batch with its requests",
+)
+async def delete_batch(batch_id: int, conn: ConnDep) -> Response:
+    with _as_api_errors():
+        await admin.delete_batch(conn, batch_id)
+    return Response(status_code=204)

@@ -1,0 +1,146 @@
+"""The RabbitMQ intake consumer against a real broker and Postgres: acks, rejects, DLX, outages."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import threading
+import time
+from collections.abc import Callable, Iterator
+from urllib.parse import urlsplit
+
+import pika
+import pytest
+
+from batch_pipeline.rabbitmq_intake import IntakeConsumer
+from tests.batch_pipeline.delivery.conftest import TcpProxy, drain, queue_depth, queue_maker
+from tests.conftest import make_settings
+from tests.intake_api.conftest import count_rows, fetch_row, valid_request
+
+
+def publish(rabbitmq_url: str, queue: str, bodies: list[bytes]) -> None:
+    with contextlib.closing(pika.BlockingConnection(pika.URLParameters(rabbitmq_url))) as conn:
+        channel = conn.channel()
+        channel.confirm_delivery()
+        for body in bodies:
+            channel.basic_publish("", queue, body, pika.BasicProperties(delivery_mode=2))
+
+
+def wait_for(condition: Callable[[], bool], timeout: float = 30.0) -> None:
+    """Wait for a condition the test caused (not for time to pass); fail loudly on timeout."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        time.sleep(0.05)
+
+
+@contextlib.contextmanager
+def running(consumer: IntakeConsumer) -> Iterator[IntakeConsumer]:
+    thread = threading.Thread(target=consumer.run, daemon=True)
+    thread.start()
+    try:
+        yield consumer
+    finally:
+        consumer.stop()
+        thread.join(15)
+        assert not thread.is_alive(), "consumer did not stop"
+
+
+def consumer_for(tmp_path, db_url: str, url: str, queue: str, **settings: object) -> IntakeConsumer:
+    s = make_settings(tmp_path, database_url=db_url, rabbitmq_intake_batch_size=4, **settings)
+    return IntakeConsumer(s, db_url, url=url, queue=queue)
+
+
+@pytest.fixture
+def queues(rabbitmq_url: str) -> Iterator[Callable[..., str]]:
+    yield from queue_maker(rabbitmq_url)
+
+
+def handled(c: IntakeConsumer) -> int:
+    return c.counts["accepted"] + c.counts["duplicate"] + c.counts["rejected"]
+
+
+@pytest.mark.rabbitmq
+def test_valid_duplicate_and_poison_messages_drain_the_queue(tmp_path, db_url, rabbitmq_url, queues) -> None:
+    dlq = queues("dlq")
+    q = queues("in", {"x-dead-letter-exchange": "", "x-dead-letter-routing-key": dlq})
+    a, b = valid_request("mq-a"), valid_request("mq-b")
+    bodies = [
+        json.dumps(a).encode(),
+        b"this is not json",
+        json.dumps(valid_request("mq-bad", method="GET")).encode(),  # invalid
+        json.dumps(a).encode(),  # duplicate custom_id
+        b"[1, 2, 3]",  # JSON, but not a request object
+        b"\xff\xfe",  # not even UTF-8
+        json.dumps(b).encode(),
+    ]
+    publish(rabbitmq_url, q, bodies)
+    with running(consumer_for(tmp_path, db_url, rabbitmq_url, q)) as c:
+        wait_for(lambda: handled(c) == len(bodies))
+    assert c.counts == {"accepted": 2, "duplicate": 1, "rejected": 4, "requeued": 0}
+    assert queue_depth(rabbitmq_url, q) == 0  # nothing left, nothing requeued forever
+    assert sorted(body for _, body in drain(rabbitmq_url, dlq)) == sorted(
+        [bodies[1], bodies[2], bodies[4], bodies[5]]
+    )  # rejected without requeue → dead-lettered by the queue's DLX
+    assert count_rows(db_url) == 2
+    stored = fetch_row(db_url, "mq-a")
+    assert stored is not None and stored["delivery_config"] == a["delivery_config"]
+
+
+@pytest.mark.rabbitmq
+def test_database_outage_requeues_and_nothing_is_lost(tmp_path, db_url, rabbitmq_url, queues) -> None:
+    q = queues("in")
+    publish(rabbitmq_url, q, [json.dumps(valid_request(f"out-{i}")).encode() for i in range(6)])
+    consumer = consumer_for(tmp_path, db_url, rabbitmq_url, q)
+    consumer.dsn = db_url.rsplit("/", 1)[0] + "/no_such_database"  # the database is "down"
+    with running(consumer) as c:
+        wait_for(lambda: c.counts["requeued"] > 0)
+        assert count_rows(db_url) == 0
+        c.dsn = db_url  # the database is back
+        wait_for(lambda: c.counts["accepted"] == 6)
+    assert queue_depth(rabbitmq_url, q) == 0
+    assert count_rows(db_url) == 6
+
+
+@pytest.mark.rabbitmq
+def test_consumer_reconnects_after_the_connection_is_cut(tmp_path, db_url, rabbitmq_url, queues) -> None:
+    q = queues("in")
+    proxy = TcpProxy(urlsplit(rabbitmq_url).port or 5672)
+    try:
+        with running(consumer_for(tmp_path, db_url, proxy.url(rabbitmq_url), q)) as c:
+            publish(rabbitmq_url, q, [json.dumps(valid_request(f"cut-{i}")).encode() for i in range(5)])
+            wait_for(lambda: c.counts["accepted"] == 5)
+            proxy.cut()
+            publish(rabbitmq_url, q, [json.dumps(valid_request(f"cut-{i}")).encode() for i in range(5, 10)])
+            wait_for(lambda: c.counts["accepted"] == 10)
+    finally:
+        proxy.close()
+    assert count_rows(db_url) == 10 and queue_depth(rabbitmq_url, q) == 0
+
+
+@pytest.mark.rabbitmq
+def test_main_stops_cleanly_on_sigterm(tmp_path, db_url, rabbitmq_url, queues) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    q = queues("in")
+    env = {
+        **os.environ,
+        "DATABASE_URL": db_url,
+        "RABBITMQ_URL": rabbitmq_url,
+        "RABBITMQ_INPUT_QUEUE": q,
+        "OPENAI_API_KEY": "",
+    }
+    code = "import sys; from batch_pipeline.rabbitmq_intake import main; sys.exit(main())"
+    proc = subprocess.Popen([sys.executable, "-c", code], env=env, cwd=tmp_path)
+    try:
+        publish(rabbitmq_url, q, [json.dumps(valid_request("term-1")).encode()])
+        wait_for(lambda: count_rows(db_url) == 1)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=15) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert queue_depth(rabbitmq_url, q) == 0
