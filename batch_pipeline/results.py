@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
@@ -76,14 +76,18 @@ def _iter_file(path: Path) -> Iterator[dict[str, Any]]:
                 yield line
 
 
-def _staged_from_files(
-    client: openai.OpenAI, batch: dict, workdir: Path
-) -> Iterator[tuple[str, str | None, str, str | None]]:
+def _download(client: openai.OpenAI, batch: dict, workdir: Path) -> list[Path]:
+    """Both result files on local disk, before any database transaction is opened."""
+    return [
+        oai.download_file(client, file_id, workdir / f"{file_id}.jsonl")
+        for file_id in (batch["openai_output_file_id"], batch["openai_error_file_id"])
+        if file_id
+    ]
+
+
+def _staged_from_files(paths: list[Path], batch: dict) -> Iterator[tuple[str, str | None, str, str | None]]:
     expired = batch["openai_status"] == "expired"
-    for file_id in (batch["openai_output_file_id"], batch["openai_error_file_id"]):
-        if not file_id:
-            continue
-        path = oai.download_file(client, file_id, workdir / f"{file_id}.jsonl")
+    for path in paths:
         for line in _iter_file(path):
             kind, message = classify(line, expired)
             yield line["custom_id"], orjson.dumps(line).decode(), kind, message
@@ -108,7 +112,7 @@ def _staged_from_failure(
         line = synthetic_line(row["custom_id"], err.get("code") or "batch_failed", err.get("message") or "")
         yield (
             row["custom_id"],
-            orjson.dumps(line),
+            orjson.dumps(line).decode(),
             "failed",
             f"{line['error']['code']}: {line['error']['message']}",
         )
@@ -126,11 +130,19 @@ def ingest_results(
     if batch is None or batch["state"] != "downloading":
         return {"outcome": "skipped", "state": batch and batch["state"]}
 
-    with tempfile.TemporaryDirectory(prefix="batchman-results-") as tmp, connect() as conn:
+    with tempfile.TemporaryDirectory(prefix="batchman-results-") as tmp:
+        paths = [] if batch["openai_status"] == "failed" else _download(client, batch, Path(tmp))
+        return _store(connect, batch, paths, max_resubmits)
+
+
+def _store(connect: Connect, batch: dict, paths: list[Path], max_resubmits: int) -> dict[str, Any]:
+    batch_id = batch["id"]
+    with connect() as conn:
         if batch["openai_status"] == "failed":
-            rows = _staged_from_failure(conn, batch)
+            # Materialised first: the connection cannot run queries while the COPY below is open.
+            rows: Iterable = list(_staged_from_failure(conn, batch))
         else:
-            rows = _staged_from_files(client, batch, Path(tmp))
+            rows = _staged_from_files(paths, batch)
         conn.execute(store.CREATE_STAGING)
         with conn.cursor().copy(store.COPY_STAGING) as copy:
             for row in rows:

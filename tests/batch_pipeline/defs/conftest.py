@@ -3,6 +3,7 @@ runs sensors and the runs they request in process, as the daemon would."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -44,10 +45,11 @@ def sim(tmp_path: Path) -> Iterator[Sim]:
         _env_prefix="SIMULATOR_TESTS_IGNORE_",
         data_dir=tmp_path / "sim",
         freeze_clock=True,
-        validating_seconds=0,
-        in_progress_seconds=0,
-        finalizing_seconds=0,
-        cancelling_seconds=0,
+        # Batches stay in progress until a test (or the driver) moves the simulator's clock.
+        validating_seconds=1,
+        in_progress_seconds=10,
+        finalizing_seconds=1,
+        cancelling_seconds=1,
         log_level="warning",
     )
     server = ThreadedServer(create_simulator(settings)).start()
@@ -72,8 +74,8 @@ def pipeline_settings(settings_factory, db_url: str, sim: Sim) -> Settings:
 class Driver:
     """Runs the pipeline's sensors and their requested runs in process until nothing is left to do."""
 
-    def __init__(self, defs: dg.Definitions, instance: dg.DagsterInstance, db_url: str) -> None:
-        self.defs, self.instance, self.db_url = defs, instance, db_url
+    def __init__(self, defs: dg.Definitions, instance: dg.DagsterInstance, db_url: str, sim: Sim) -> None:
+        self.defs, self.instance, self.db_url, self.sim = defs, instance, db_url, sim
         self.runs: list[dg.ExecuteInProcessResult] = []
 
     def tick(self, sensor_name: str) -> list[dg.RunRequest]:
@@ -117,11 +119,25 @@ class Driver:
         self,
         rounds: int = 10,
         stages: tuple[str, ...] = ("batching_sensor", "status_sensor", "delivery_sensor"),
+        advance: bool = True,
     ) -> None:
+        """Each round: every sensor, then its runs; OpenAI's clock moves past any batch's duration."""
         seen: set[str] = set()
         for _ in range(rounds):
-            if sum(self.step(name, seen) for name in stages) == 0:
+            launched = sum(self.step(name, seen) for name in stages)
+            if advance:
+                self.sim.advance(60)
+            if launched == 0 and self._idle():
                 return
+
+    def _idle(self) -> bool:
+        busy = self.query(
+            "SELECT count(*) AS n FROM batchman.batches WHERE state NOT IN"
+            " ('ready_to_deliver', 'delivered', 'partially_delivered', 'delivery_failed', 'failed',"
+            " 'cancelled', 'resubmitted', 'waiting_for_capacity')"
+        )[0]["n"]
+        queued = self.query("SELECT count(*) AS n FROM batchman.requests WHERE batch_id IS NULL")[0]["n"]
+        return busy == 0 and queued == 0
 
     def query(self, sql: str, *params: Any) -> list[dict[str, Any]]:
         with psycopg.connect(self.db_url, row_factory=dict_row) as conn:
@@ -129,7 +145,42 @@ class Driver:
 
 
 @pytest.fixture
-def driver(pipeline_settings: Settings, db_url: str) -> Iterator[Driver]:
+def driver(pipeline_settings: Settings, db_url: str, sim: Sim) -> Iterator[Driver]:
     defs = build_definitions(pipeline_settings, dsn=db_url)
     with dg.instance_for_test() as instance:
-        yield Driver(defs, instance, db_url)
+        yield Driver(defs, instance, db_url, sim)
+
+
+@pytest.fixture
+def add_requests(db_url: str):
+    """Queue requests as intake would (rows in batchman.requests); returns their custom_ids."""
+
+    def add(
+        url: str, model: str, n: int, prefix: str = "r", faults: dict[int, str] | None = None, **extra: Any
+    ):
+        rows = []
+        for i in range(n):
+            custom_id = f"{prefix}-{i}"
+            body: dict[str, Any] = {"model": model, **extra}
+            if url == "/v1/chat/completions":
+                body["messages"] = [{"role": "user", "content": f"question {i}"}]
+            else:
+                body.setdefault("input", f"question {i}")
+                body.setdefault("prompt", f"question {i}")
+            if faults and i in faults:
+                body["x_sim_fault"] = faults[i]
+            line = json.dumps({"custom_id": custom_id, "method": "POST", "url": url, "body": body})
+            rows.append((custom_id, url, model, line, len(line.encode()), 10, QUEUE_DELIVERY))
+        with psycopg.connect(db_url) as conn, conn.cursor() as cur:
+            cur.executemany(INSERT_REQUEST, rows)
+        return [r[0] for r in rows]
+
+    return add
+
+
+QUEUE_DELIVERY = json.dumps({"type": "rabbitmq", "rabbitmq_queue": "results"})
+INSERT_REQUEST = """
+INSERT INTO batchman.requests
+    (custom_id, endpoint, model, payload, payload_bytes, estimated_tokens, delivery_config)
+VALUES (%s, %s, %s, %s, %s, %s, %s)
+"""

@@ -1,35 +1,22 @@
-"""The pipeline end to end in process: intake rows → batching sensor → upload run → status sensor →
-results run, against the simulator, on every endpoint and through the failure paths."""
+"""The pipeline end to end in process: queued requests → batching sensor → upload run → status
+sensor → results run, against the simulator, on every endpoint and through the failure paths."""
 
 from __future__ import annotations
-
-import json
 
 import pytest
 
 from batch_pipeline.endpoints import SUPPORTED_URLS
 
-
-def add_requests(driver, url: str, model: str, n: int, prefix: str = "r", **body_extra) -> list[str]:
-    ids = []
-    rows = []
-    for i in range(n):
-        custom_id = f"{prefix}-{i}"
-        body = {"model": model, "input": f"question {i}", "prompt": f"question {i}", **body_extra}
-        if url == "/v1/chat/completions":
-            body = {"model": model, "messages": [{"role": "user", "content": f"question {i}"}], **body_extra}
-        line = json.dumps({"custom_id": custom_id, "method": "POST", "url": url, "body": body})
-        rows.append((custom_id, url, model, line, len(line), 10))
-        ids.append(custom_id)
-    import psycopg
-
-    with psycopg.connect(driver.db_url) as conn, conn.cursor() as cur:
-        cur.executemany(
-            "INSERT INTO batchman.requests (custom_id, endpoint, model, payload, payload_bytes, estimated_tokens,"
-            ' delivery_config) VALUES (%s, %s, %s, %s, %s, %s, \'{"type":"rabbitmq","rabbitmq_queue":"q"}\')',
-            rows,
-        )
-    return ids
+STAGES = ("batching_sensor", "status_sensor")
+TRANSITIONS_OK = [
+    "ready",
+    "uploading",
+    "uploaded",
+    "openai_processing",
+    "openai_completed",
+    "downloading",
+    "ready_to_deliver",
+]
 
 
 def states(driver) -> dict[str, int]:
@@ -39,46 +26,166 @@ def states(driver) -> dict[str, int]:
     }
 
 
-STAGES = ("batching_sensor", "status_sensor")
+def transitions(driver, batch_id: int) -> list[str]:
+    rows = driver.query(
+        "SELECT to_state FROM batchman.batch_transitions WHERE batch_id = %s ORDER BY id", batch_id
+    )
+    return [r["to_state"] for r in rows]
 
 
 @pytest.mark.parametrize("url", SUPPORTED_URLS)
-def test_happy_path_every_endpoint(driver, sim, url: str) -> None:
+def test_happy_path_every_endpoint(driver, sim, add_requests, url: str) -> None:
     model = "text-embedding-3-small" if "embeddings" in url else "gpt-4o-mini"
     extra = {"image": "https://images.example/cat.png"} if url == "/v1/images/edits" else {}
-    add_requests(driver, url, model, 5, **extra)
+    add_requests(url, model, 5, **extra)
     driver.drive(stages=STAGES)
-    assert states(driver) == {"openai_processed": 5}, [r.success for r in driver.runs]
+    assert states(driver) == {"openai_processed": 5}
     rows = driver.query("SELECT result, error_msg FROM batchman.requests")
     assert all(r["result"]["response"]["status_code"] == 200 and r["error_msg"] is None for r in rows)
     batch = driver.query("SELECT * FROM batchman.batches")[0]
-    assert batch["state"] == "ready_to_deliver"
-    assert batch["openai_batch_id"].startswith("batch_")
-    transitions = [
-        r["to_state"] for r in driver.query("SELECT to_state FROM batchman.batch_transitions ORDER BY id")
-    ]
-    assert transitions == [
-        "ready",
-        "uploading",
-        "uploaded",
-        "openai_processing",
-        "openai_completed",
-        "downloading",
-        "ready_to_deliver",
-    ]
+    assert batch["state"] == "ready_to_deliver" and batch["openai_batch_id"].startswith("batch_")
+    assert batch["openai_completed"] == 5 and batch["input_tokens"] is not None
+    assert transitions(driver, batch["id"]) == TRANSITIONS_OK
     assert sim.stats()["batches_created"] == 1
 
 
-def test_rerunning_a_finished_results_run_changes_nothing(driver) -> None:
-    add_requests(driver, "/v1/responses", "gpt-4o-mini", 3)
+def test_rerunning_a_finished_results_run_changes_nothing(driver, add_requests) -> None:
+    add_requests("/v1/responses", "gpt-4o-mini", 3)
     driver.drive(stages=STAGES)
     before = driver.query("SELECT id, state, result, updated_at FROM batchman.requests ORDER BY id")
-    results_run = [r for r in driver.runs if r.dagster_run.job_name == "results_job"][0]
-    import dagster as dg
-
     again = driver.defs.resolve_job_def("results_job").execute_in_process(
-        instance=driver.instance, partition_key=results_run.dagster_run.tags["dagster/partition"]
+        instance=driver.instance, partition_key="1"
     )
     assert again.success
     assert driver.query("SELECT id, state, result, updated_at FROM batchman.requests ORDER BY id") == before
-    assert isinstance(again, dg.ExecuteInProcessResult)
+
+
+def test_expiry_keeps_partial_results_and_resubmits_the_rest(driver, sim, add_requests) -> None:
+    add_requests("/v1/responses", "gpt-4o-mini", 6)
+    driver.drive(rounds=1, stages=("batching_sensor",), advance=False)  # created, still in progress
+    openai_id = driver.query("SELECT openai_batch_id FROM batchman.batches")[0]["openai_batch_id"]
+    sim.http.post(f"/_sim/batches/{openai_id}/expire").raise_for_status()
+    driver.drive(stages=STAGES)
+    assert states(driver) == {"openai_processed": 6}
+    first, second = driver.query("SELECT * FROM batchman.batches ORDER BY id")
+    assert first["openai_status"] == "expired" and first["resubmitted_count"] > 0
+    assert second["request_count"] == first["resubmitted_count"]
+    assert all(r["error_msg"] is None for r in driver.query("SELECT error_msg FROM batchman.requests"))
+    assert driver.query("SELECT max(resubmit_count) AS n FROM batchman.requests")[0]["n"] == 1
+
+
+def test_cancel_delivers_partial_results_and_cancellation_errors(driver, sim, add_requests) -> None:
+    add_requests("/v1/responses", "gpt-4o-mini", 4)
+    driver.drive(rounds=1, stages=("batching_sensor",), advance=False)
+    openai_id = driver.query("SELECT openai_batch_id FROM batchman.batches")[0]["openai_batch_id"]
+    sim.client.batches.cancel(openai_id)
+    driver.drive(stages=STAGES)
+    batch = driver.query("SELECT * FROM batchman.batches")[0]
+    assert batch["openai_status"] == "cancelled" and batch["state"] == "ready_to_deliver"
+    rows = driver.query("SELECT result, error_msg FROM batchman.requests")
+    assert len(rows) == 4 and all(r["result"] is not None for r in rows)
+    assert all("batch_cancelled" in r["error_msg"] for r in rows if r["error_msg"])
+    assert sim.stats()["batches_created"] == 1  # cancelled work is not resubmitted
+
+
+def test_validation_failure_fails_the_bad_line_and_resubmits_the_rest(driver, sim, add_requests) -> None:
+    add_requests("/v1/responses", "gpt-4o-mini", 4, faults={2: "invalid_line"})
+    driver.drive(stages=STAGES)
+    rows = {
+        r["custom_id"]: r
+        for r in driver.query("SELECT custom_id, state, error_msg, result FROM batchman.requests")
+    }
+    assert rows["r-2"]["state"] == "openai_processed" and "invalid" in rows["r-2"]["error_msg"]
+    assert rows["r-2"]["result"]["error"]["code"]
+    assert all(rows[f"r-{i}"]["error_msg"] is None for i in (0, 1, 3))
+    first, second = driver.query("SELECT * FROM batchman.batches ORDER BY id")
+    assert first["openai_status"] == "failed" and second["request_count"] == 3
+    assert sim.stats()["batches_created"] == 2
+
+
+def test_token_limit_exceeded_backs_off_then_succeeds(driver, sim, add_requests) -> None:
+    sim.faults(token_limits={"gpt-4o-mini": 1})
+    add_requests("/v1/responses", "gpt-4o-mini", 3)
+    driver.drive(stages=STAGES)
+    batch = driver.query("SELECT * FROM batchman.batches")[0]
+    assert batch["state"] == "waiting_for_capacity"
+    assert (
+        batch["capacity_wait_reason"] == "token_limit_exceeded_backoff" and batch["token_limit_retries"] == 1
+    )
+    wait = driver.query("SELECT extract(epoch FROM next_check_at - now()) AS s FROM batchman.batches")[0]["s"]
+    assert 4 * 60 < wait <= 5 * 60  # the first wait of the 5, 10, 20, 40, 80 minute schedule
+    assert states(driver) == {"pending": 3}  # requests are not failed
+    sim.faults(token_limits={})
+    driver.query("UPDATE batchman.batches SET next_check_at = now() RETURNING id")  # the wait is over
+    driver.drive(stages=STAGES)
+    assert states(driver) == {"openai_processed": 3}
+    assert driver.query("SELECT state FROM batchman.batches")[0]["state"] == "ready_to_deliver"
+    assert sim.stats()["batches_by_metadata"]["batchman_batch_id"] == {"1": 2}
+
+
+def test_per_line_server_errors_are_resubmitted_then_delivered(driver, sim, add_requests) -> None:
+    add_requests("/v1/responses", "gpt-4o-mini", 3, faults={1: "server_error"})
+    driver.drive(stages=STAGES)
+    rows = {r["custom_id"]: r for r in driver.query("SELECT * FROM batchman.requests")}
+    # OPENAI_MAX_RESUBMITS=1 in these tests: one more try, then the error line is the result.
+    assert rows["r-1"]["resubmit_count"] == 1 and "server_error" in rows["r-1"]["error_msg"]
+    assert rows["r-1"]["result"]["response"]["status_code"] >= 500
+    assert rows["r-0"]["error_msg"] is None and rows["r-0"]["resubmit_count"] == 0
+    assert sim.stats()["batches_created"] == 2
+
+
+def test_capacity_waits_and_admits_when_a_batch_finishes(driver, sim, add_requests) -> None:
+    # Limit 25 tokens for this model: each batch here estimates 20 (2 requests x 10), so one at a time.
+    driver.query("INSERT INTO batchman.model_limits VALUES ('gpt-4.1-mini', 25) RETURNING model_prefix")
+    add_requests("/v1/responses", "gpt-4.1-mini", 2, prefix="a")
+    driver.drive(rounds=1, stages=("batching_sensor",))
+    add_requests("/v1/responses", "gpt-4.1-mini", 2, prefix="b")
+    driver.drive(rounds=1, stages=("batching_sensor",))
+    second = driver.query("SELECT * FROM batchman.batches ORDER BY id")[1]
+    assert (
+        second["state"] == "waiting_for_capacity"
+        and second["capacity_wait_reason"] == "insufficient_headroom"
+    )
+    driver.query("UPDATE batchman.batches SET next_check_at = now() RETURNING id")
+    driver.drive(stages=STAGES)
+    assert states(driver) == {"openai_processed": 4}
+    assert sim.stats()["batches_created"] == 2
+
+
+def test_crash_between_create_and_store_submits_no_second_batch(driver, sim, add_requests) -> None:
+    """A create call that succeeded at OpenAI but was never recorded is adopted, not repeated."""
+    from batch_pipeline import openai_client as oai
+
+    add_requests("/v1/responses", "gpt-4o-mini", 3)
+    requests = driver.tick("batching_sensor")  # cuts batch 1; its upload run has not run yet
+    # The crashed run: uploaded the file, stored the intent, created the batch, then died.
+    lines = "".join(
+        r["payload"] + "\n" for r in driver.query("SELECT payload FROM batchman.requests ORDER BY id")
+    )
+    uploaded = sim.client.files.create(file=(oai.input_file_name(1), lines.encode()), purpose="batch")
+    oai.create_batch(sim.client, 1, uploaded.id, "/v1/responses")
+    driver.query(
+        "UPDATE batchman.batches SET state = 'uploaded', openai_input_file_id = %s,"
+        " openai_status = 'creating' RETURNING id",
+        uploaded.id,
+    )
+    driver.execute("batching_sensor", requests[0])  # the re-run
+    driver.drive(stages=STAGES)
+    assert states(driver) == {"openai_processed": 3}
+    assert sim.stats()["batches_by_metadata"]["batchman_batch_id"] == {"1": 1}
+
+
+def test_crash_after_upload_reuses_the_uploaded_file(driver, sim, add_requests) -> None:
+    from batch_pipeline import openai_client as oai
+
+    add_requests("/v1/responses", "gpt-4o-mini", 2)
+    requests = driver.tick("batching_sensor")
+    lines = "".join(
+        r["payload"] + "\n" for r in driver.query("SELECT payload FROM batchman.requests ORDER BY id")
+    )
+    sim.client.files.create(file=(oai.input_file_name(1), lines.encode()), purpose="batch")
+    driver.query("UPDATE batchman.batches SET state = 'uploading' RETURNING id")  # died before storing the id
+    driver.execute("batching_sensor", requests[0])
+    driver.drive(stages=STAGES)
+    assert states(driver) == {"openai_processed": 2}
+    assert sim.stats()["files_uploaded"] == 1
