@@ -152,3 +152,9 @@ def settings_factory(tmp_path: Path):
         return make_settings(tmp_path, **overrides)
 
     return factory
+
+
+@pytest.fixture
+def server_thread():
+    """``ServerThread`` as a fixture, for test packages that cannot import this module."""
+    return ServerThread
