@@ -62,7 +62,8 @@ def synthetic_line(custom_id: str, code: str, message: str) -> dict[str, Any]:
     return {"id": None, "custom_id": custom_id, "response": None, "error": {"code": code, "message": message}}
 
 
-def _iter_file(path: Path) -> Iterator[dict[str, Any]]:
+def _iter_file(path: Path) -> Iterator[tuple[dict[str, Any], str]]:
+    """Each usable line, parsed and as its original text (stored as is: no re-serialisation)."""
     with path.open("rb") as fh:
         for raw in fh:
             if not raw.strip():
@@ -73,7 +74,13 @@ def _iter_file(path: Path) -> Iterator[dict[str, Any]]:
                 log.warning("skipping a malformed result line: %.200r", raw)
                 continue
             if isinstance(line, dict) and isinstance(line.get("custom_id"), str):
-                yield line
+                yield line, _jsonb_safe(raw.decode().strip())
+
+
+def _jsonb_safe(text: str) -> str:
+    # Postgres jsonb refuses the \u0000 escape, which model output can contain; one such line must
+    # not fail the whole batch's results.
+    return text.replace("\\u0000", "\\ufffd") if "\\u0000" in text else text
 
 
 def _download(client: openai.OpenAI, batch: dict, workdir: Path) -> list[Path]:
@@ -88,9 +95,9 @@ def _download(client: openai.OpenAI, batch: dict, workdir: Path) -> list[Path]:
 def _staged_from_files(paths: list[Path], batch: dict) -> Iterator[tuple[str, str | None, str, str | None]]:
     expired = batch["openai_status"] == "expired"
     for path in paths:
-        for line in _iter_file(path):
+        for line, text in _iter_file(path):
             kind, message = classify(line, expired)
-            yield line["custom_id"], orjson.dumps(line).decode(), kind, message
+            yield line["custom_id"], text, kind, message
 
 
 def _staged_from_failure(
@@ -147,6 +154,9 @@ def _store(connect: Connect, batch: dict, paths: list[Path], max_resubmits: int)
         with conn.cursor().copy(store.COPY_STAGING) as copy:
             for row in rows:
                 copy.write_row(row)
+        # Temp tables have no statistics until analysed; without them the planner may pick a
+        # nested loop over 50,000 staged lines.
+        conn.execute(store.ANALYZE_STAGING)
         params = {"batch_id": batch_id, "max_resubmits": max_resubmits}
         resubmitted = conn.execute(store.APPLY_RETRIES, params).rowcount
         processed = conn.execute(store.APPLY_RESULTS, params).rowcount

@@ -6,6 +6,7 @@ CREATE TEMP TABLE results_staging (
 ) ON COMMIT DROP
 """
 COPY_STAGING = "COPY results_staging (custom_id, line, kind, error_msg) FROM STDIN"
+ANALYZE_STAGING = "ANALYZE results_staging"
 
 # Only requests still waiting for their result are touched: re-applying the same file is a no-op.
 APPLY_RETRIES = """
