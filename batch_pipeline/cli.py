@@ -69,8 +69,14 @@ def cmd_api(settings: Settings, args: argparse.Namespace) -> int:
 
 def cmd_simulator(settings: Settings, args: argparse.Namespace) -> int:
     from batch_pipeline.simulator.app import serve
+    from batch_pipeline.simulator.settings import SimulatorConfigError, load_settings
 
-    serve(host=args.host, port=args.port or settings.simulator_port)
+    try:
+        sim_settings = load_settings()
+    except SimulatorConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    serve(host=args.host or sim_settings.host, port=args.port or settings.simulator_port, settings=sim_settings)
     return 0
 
 
@@ -147,7 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
     api.set_defaults(func=cmd_api)
     sub.add_parser("consumer", help="run the RabbitMQ intake consumer").set_defaults(func=cmd_consumer)
     sim = sub.add_parser("simulator", help="run the OpenAI Batch API simulator")
-    sim.add_argument("--host", default="127.0.0.1")
+    sim.add_argument("--host", default=None, help="interface to bind (default SIMULATOR_HOST, 127.0.0.1)")
     sim.add_argument("--port", type=int, default=None)
     sim.set_defaults(func=cmd_simulator)
     return parser

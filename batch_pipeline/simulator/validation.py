@@ -184,8 +184,13 @@ def input_errors(
     return errors[:_MAX_ERRORS]
 
 
+FORCED_TOKEN_LIMIT = 2_000_000
+
+
 def token_limit_error(model: str | None, limit: int | None) -> dict[str, Any]:
-    limit_text = f"{limit:,}" if limit else "(simulated)"
+    # A forced fault on a model without a configured limit still names a number, as OpenAI does
+    # (clients parse it); 2,000,000 is the tier-1 limit of the common small models.
+    limit_text = f"{limit or FORCED_TOKEN_LIMIT:,}"
     message = (
         f"Enqueued token limit reached for {model or 'this model'} in organization {ORGANIZATION}. "
         f"Limit: {limit_text} enqueued tokens. "

@@ -79,3 +79,29 @@ def test_secrets_are_never_echoed() -> None:
 
 def test_normalize_keeps_query() -> None:
     assert normalize_database_url("ecto://u@/db?host=/tmp/x") == "postgresql://u@/db?host=/tmp/x"
+
+
+def _documented_names(text: str) -> set[str]:
+    import re
+
+    return set(re.findall(r"^#?\s*([A-Z][A-Z0-9_]+)=", text, re.M))
+
+
+def test_env_example_lists_every_setting_and_loads_as_is(tmp_path) -> None:
+    """A newcomer copies .env.example to .env: every variable must be there, and the file must load."""
+    from pathlib import Path
+
+    from batch_pipeline.config import Settings, load_settings
+    from batch_pipeline.simulator.settings import ENV_PREFIX, SimulatorSettings
+
+    root = Path(__file__).resolve().parents[2]
+    example = root / ".env.example"
+    readme = (root / "README.md").read_text()
+    names = _documented_names(example.read_text())
+    wanted = {f.upper() for f in Settings.model_fields} | {
+        f"{ENV_PREFIX}{f}".upper() for f in SimulatorSettings.model_fields
+    }
+    assert wanted - names == set()
+    assert {n for n in wanted if f"`{n}`" not in readme} == set()
+    load_settings(_env_file=example, data_dir=tmp_path)  # nothing in it is refused
+    SimulatorSettings(_env_file=example)

@@ -95,6 +95,8 @@ def test_created_batch_parses_with_sdk_types_from_raw_json(sim: Any) -> None:
     raw = response.json()
     batch = Batch.model_validate(raw)
     assert batch.input_file_id == file_id
+    # The SDK's models accept unknown keys, so a misspelt field would parse: pin the key set too.
+    assert set(raw) == set(Batch.model_fields)
     assert raw["errors"] is None and raw["metadata"] is None
     assert set(raw["usage"]) == {
         "input_tokens",

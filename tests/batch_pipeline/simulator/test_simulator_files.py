@@ -28,6 +28,7 @@ def test_upload_retrieve_content_delete_round_trip(sim: Any) -> None:
     assert created.expires_at == created.created_at + 30 * DAY
     raw = sim.get(f"/v1/files/{created.id}").json()
     assert FileObject.model_validate(raw) == client.files.retrieve(created.id) == created
+    assert set(raw) <= set(FileObject.model_fields)  # no misspelt keys (the SDK model ignores them)
     assert client.files.content(created.id).content == data
 
     deleted = client.files.delete(created.id)
