@@ -1,0 +1,127 @@
+"""The real thing: a ``dagster-daemon`` on a Postgres-backed instance (the repo's own dagster.yaml and
+workspace.yaml) ticks our sensors, queues and launches the upload and results runs in their own
+processes, and records them in Postgres, while the simulator plays OpenAI."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import dagster as dg
+import psycopg
+import pytest
+
+from batch_pipeline.db import dagster_storage_url
+from batch_pipeline.simulator.app import create_app as create_simulator
+from batch_pipeline.simulator.settings import SimulatorSettings
+from batch_pipeline.simulator.testing import ThreadedServer
+from batch_pipeline.store.requests import COPY_COLUMNS, copy_row
+from batch_pipeline.validation import Limits, validate_request
+
+ROOT = Path(__file__).resolve().parents[3]
+DONE = ("ready_to_deliver", "delivering", "delivered", "partially_delivered", "delivery_failed")
+
+
+@pytest.fixture
+def live_sim(tmp_path: Path):
+    settings = SimulatorSettings(
+        _env_file=None,
+        _env_prefix="SIMULATOR_TESTS_IGNORE_",
+        data_dir=tmp_path / "sim",
+        validating_seconds=0.2,
+        in_progress_seconds=0.5,
+        finalizing_seconds=0.2,
+        log_level="warning",
+    )
+    server = ThreadedServer(create_simulator(settings)).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def daemon(tmp_path: Path, db_url: str, live_sim: ThreadedServer):
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    shutil.copyfile(ROOT / "dagster.yaml", home / "dagster.yaml")
+    env = {
+        **os.environ,
+        "DAGSTER_HOME": str(home),
+        "DAGSTER_PG_URL": dagster_storage_url(db_url),
+        "DATABASE_URL": db_url,
+        "OPENAI_BASE_URL": live_sim.base_url,
+        "OPENAI_API_KEY": "sk-daemon-test",
+        "DATA_DIR": str(tmp_path / "data"),
+        "SENSOR_INTERVAL_SECONDS": "1",
+        "OPENAI_POLL_INTERVAL_SECONDS": "1",
+        "BATCH_MAX_AGE_SECONDS": "0",
+    }
+    daemon_bin = Path(sys.executable).with_name("dagster-daemon")
+    log = (tmp_path / "daemon.log").open("w")
+    proc = subprocess.Popen(
+        [str(daemon_bin), "run", "-w", str(ROOT / "workspace.yaml")],
+        env=env,
+        cwd=tmp_path,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,  # its code server and run workers go down with it
+    )
+    yield home, env
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+    log.close()
+
+
+def _queue_request(db_url: str) -> None:
+    request = validate_request(
+        {
+            "custom_id": "through-the-daemon",
+            "url": "/v1/chat/completions",
+            "method": "POST",
+            "body": {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]},
+            "delivery_config": {"type": "webhook", "webhook_url": "http://127.0.0.1:9/unused"},
+        },
+        Limits(),
+    )
+    with (
+        psycopg.connect(db_url) as conn,
+        conn.cursor().copy(f"COPY batchman.requests {COPY_COLUMNS} FROM STDIN") as cp,
+    ):
+        cp.write_row(copy_row(request))
+
+
+def test_daemon_runs_the_pipeline_on_a_postgres_instance(
+    daemon, db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    home, env = daemon
+    _queue_request(db_url)
+
+    deadline = time.monotonic() + 240  # daemon start, code server, two run processes on 2 cores
+    state = None
+    while time.monotonic() < deadline:
+        with psycopg.connect(db_url) as conn:
+            row = conn.execute("SELECT id, state FROM batchman.batches").fetchone()
+        state = row and row[1]
+        if state in DONE:
+            break
+        time.sleep(1)
+    daemon_log = (tmp_path / "daemon.log").read_text()
+    assert state in DONE, f"batch state {state!r}; daemon log:\n{daemon_log[-4000:]}"
+
+    monkeypatch.setenv("DAGSTER_HOME", str(home))
+    monkeypatch.setenv("DAGSTER_PG_URL", env["DAGSTER_PG_URL"])
+    with dg.DagsterInstance.get() as instance:
+        runs = instance.get_runs(filters=dg.RunsFilter(tags={"batch_id": str(row[0])}))
+        by_job = {r.job_name: r for r in runs}
+        assert {"upload_job", "results_job"} <= set(by_job)
+        assert all(by_job[j].status == dg.DagsterRunStatus.SUCCESS for j in ("upload_job", "results_job"))
+        # Each run is one partition of the batches, as the Dagster UI lists them.
+        assert by_job["upload_job"].tags["dagster/partition"] == str(row[0])
+        assert str(row[0]) in instance.get_dynamic_partitions("batches")
