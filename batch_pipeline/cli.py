@@ -76,7 +76,8 @@ def cmd_simulator(settings: Settings, args: argparse.Namespace) -> int:
     except SimulatorConfigError as exc:
         print(exc, file=sys.stderr)
         return 2
-    serve(host=args.host or sim_settings.host, port=args.port or settings.simulator_port, settings=sim_settings)
+    host = args.host or sim_settings.host
+    serve(host=host, port=args.port or settings.simulator_port, settings=sim_settings)
     return 0
 
 
