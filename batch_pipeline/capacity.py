@@ -28,7 +28,12 @@ def admit_waiting(conn: psycopg.Connection, token_limit: Callable[[str], int]) -
     headroom = {m: token_limit(m) - reserved.get(m, 0) for m in models}
     admitted = []
     for w in waiting:
-        if w["estimated_tokens"] <= headroom[w["model"]]:
+        model = w["model"]
+        # With nothing of the model at OpenAI, the oldest batch goes even when its estimate exceeds
+        # the limit (lowered after it was cut, or a generous estimate): OpenAI is the judge, and
+        # otherwise it would wait forever.
+        idle = reserved.get(model, 0) == 0 and headroom[model] == token_limit(model)
+        if w["estimated_tokens"] <= headroom[model] or idle:
             row = conn.execute(store.ADMIT, (w["id"],)).fetchone()
             if row is not None:
                 headroom[w["model"]] -= w["estimated_tokens"]

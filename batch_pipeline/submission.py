@@ -161,7 +161,12 @@ def _create(
                         return SubmitResult("waiting_for_capacity", f"{reserved}/{limit} tokens reserved")
                     conn.execute(store.MARK_CREATING, (batch_id,))
                     conn.commit()
-                    remote = oai.create_batch(client, batch_id, file_id, batch["endpoint"])
+                    try:
+                        remote = oai.create_batch(client, batch_id, file_id, batch["endpoint"])
+                    except openai.BadRequestError as exc:
+                        if exc.code != "token_limit_exceeded":
+                            raise
+                        return _refused_for_tokens(conn, batch_id, exc)
                 transition(
                     conn,
                     batch_id,
@@ -179,6 +184,27 @@ def _create(
                 return SubmitResult("submitted", openai_batch_id=remote.id)
         finally:
             lock_conn.execute(store.ADVISORY_UNLOCK, (model,))
+
+
+# OpenAI refusing the create call for its token queue costs nothing: wait and try again (as the
+# seed does), without spending one of the token-limit retries kept for batches failed at OpenAI.
+CREATE_REFUSED_RETRY_SECONDS = 60
+
+
+def _refused_for_tokens(conn: psycopg.Connection, batch_id: int, exc: openai.BadRequestError) -> SubmitResult:
+    transition(
+        conn,
+        batch_id,
+        ("uploaded", "waiting_for_capacity"),
+        "waiting_for_capacity",
+        f"token_limit_exceeded at create: {exc.message}"[:2000],
+        openai_status=None,  # no create call is in flight any more
+        capacity_wait_reason="token_limit_exceeded",
+        waiting_since=sql.SQL("coalesce(waiting_since, now())"),
+        next_check_at=sql.SQL(f"now() + interval '{CREATE_REFUSED_RETRY_SECONDS} seconds'"),
+    )
+    conn.commit()
+    return SubmitResult("waiting_for_capacity", "OpenAI refused the batch: token_limit_exceeded")
 
 
 def fail_batch(connect: Connect, batch_id: int, message: str) -> None:

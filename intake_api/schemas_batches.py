@@ -58,7 +58,8 @@ class BatchDetail(BatchSummary):
     token_limit_retries: int
     capacity_wait_reason: str | None
     waiting_since: datetime | None
-    last_openai_error: dict[str, Any] | None
+    # As OpenAI reported them: the batch's `errors.data` list (validation, token_limit_exceeded).
+    last_openai_error: list[dict[str, Any]] | None
     expires_at: datetime | None
     launch_count: int
     resubmitted_count: int

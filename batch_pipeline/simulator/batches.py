@@ -41,6 +41,12 @@ class BatchService:
                 )
             summary = source.summary
             model = summary.models[0] if summary.models else None
+            if store.faults.create_token_limit_refusals > 0:
+                # Some organisations see the token queue enforced at create time as a 400.
+                store.faults.create_token_limit_refusals -= 1
+                limit = store.faults.token_limits.get(model) if model else None
+                err = token_limit_error(model, limit)
+                raise bad_request(err["message"], code="token_limit_exceeded")
             errors = input_errors(summary, params.endpoint, params.fault, settings.max_embedding_inputs)
             if not errors:
                 errors = self._token_limit_errors(model, summary.tokens, params.fault, now)

@@ -58,6 +58,9 @@ class FaultConfig(BaseModel):
     retry_after_seconds: int = Field(1, ge=0, le=3600, description="Retry-After header value on 429.")
     line_server_error_rate: Rate = Field(0.0, description="Share of batch lines that fail with HTTP 500.")
     line_timeout_rate: Rate = Field(0.0, description="Share of batch lines that fail with request_timeout.")
+    create_token_limit_refusals: int = Field(
+        0, ge=0, description="The next N batch create calls are refused with 400 token_limit_exceeded."
+    )
     token_limits: Annotated[dict[str, int], NoDecode] = Field(
         default_factory=dict, description="Per-model enqueued-token limit; a model not listed is unlimited."
     )

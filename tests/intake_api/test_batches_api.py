@@ -215,7 +215,9 @@ def test_get_a_batch_with_counts_transitions_ids_and_usage(client: httpx.Client,
         openai_output_file_id="file-out",
         input_tokens=120,
         output_tokens=45,
-        last_openai_error=json.dumps({"code": "token_limit_exceeded"}),
+        last_openai_error=json.dumps(
+            [{"code": "token_limit_exceeded", "message": "m", "line": None, "param": None}]
+        ),
     )
     query(
         db_url,
@@ -228,7 +230,7 @@ def test_get_a_batch_with_counts_transitions_ids_and_usage(client: httpx.Client,
     body = resp.json()
     assert body["openai_batch_id"] == "batch_abc" and body["openai_output_file_id"] == "file-out"
     assert (body["input_tokens"], body["output_tokens"], body["cached_tokens"]) == (120, 45, None)
-    assert body["last_openai_error"] == {"code": "token_limit_exceeded"}
+    assert body["last_openai_error"][0]["code"] == "token_limit_exceeded"
     assert body["request_counts"]["delivered"] == 2 and body["request_counts"]["delivery_failed"] == 1
     assert body["request_counts"]["pending"] == 0 and len(body["request_counts"]) == 9
     assert [(t["from_state"], t["to_state"], t["reason"]) for t in body["transitions"]] == [

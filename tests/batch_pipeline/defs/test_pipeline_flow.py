@@ -123,6 +123,20 @@ def test_token_limit_exceeded_backs_off_then_succeeds(driver, sim, add_requests)
     assert sim.stats()["batches_by_metadata"]["batchman_batch_id"] == {"1": 2}
 
 
+def test_token_limit_exceeded_at_create_waits_then_succeeds(driver, sim, add_requests) -> None:
+    sim.faults(create_token_limit_refusals=1)
+    add_requests("/v1/responses", "gpt-4o-mini", 2)
+    driver.drive(rounds=1, stages=("batching_sensor",))
+    batch = driver.query("SELECT * FROM batchman.batches")[0]
+    assert (batch["state"], batch["capacity_wait_reason"]) == ("waiting_for_capacity", "token_limit_exceeded")
+    assert batch["openai_status"] is None and batch["token_limit_retries"] == 0  # no retry spent
+    assert states(driver) == {"pending": 2}
+    driver.query("UPDATE batchman.batches SET next_check_at = now() RETURNING id")  # the minute is over
+    driver.drive(stages=STAGES)
+    assert states(driver) == {"openai_processed": 2}
+    assert sim.stats()["batches_created"] == 1
+
+
 def test_per_line_server_errors_are_resubmitted_then_delivered(driver, sim, add_requests) -> None:
     add_requests("/v1/responses", "gpt-4o-mini", 3, faults={1: "server_error"})
     driver.drive(stages=STAGES)

@@ -113,6 +113,21 @@ def test_token_limit_exceeded_from_metadata(sim: Any) -> None:
     assert error.message.startswith("Enqueued token limit reached for gpt-4o-mini in organization")  # type: ignore[union-attr]
 
 
+def test_create_refused_with_token_limit_exceeded_then_accepted(sim: Any) -> None:
+    sim.set_faults(create_token_limit_refusals=1)
+    file_id = sim.upload(sim.chat_lines(2))
+    create = {"input_file_id": file_id, "endpoint": "/v1/chat/completions", "completion_window": "24h"}
+
+    with pytest.raises(openai.BadRequestError) as refused:
+        sim.client().batches.create(**create)
+    assert refused.value.code == "token_limit_exceeded"
+    assert "Enqueued token limit reached for gpt-4o-mini" in refused.value.message
+    assert sim.stats()["batches_created"] == 0
+
+    assert sim.client().batches.create(**create).status == "validating"  # the refusals are spent
+    assert sim.set_faults()["create_token_limit_refusals"] == 0
+
+
 def test_per_model_enqueued_token_limit(sim: Any) -> None:
     client = sim.client()
     probe = sim.submit(sim.chat_lines(4))
