@@ -74,9 +74,16 @@ def make_batching_sensor(upload_job: dg.JobDefinition, interval_seconds: int) ->
             cut = cut_due_batches(conn, pipeline, limit_for)
             admitted = admit_waiting(conn, limit_for)
             ready = conn.execute(store.READY_FOR_UPLOAD, (MAX_RUN_REQUESTS_PER_TICK,)).fetchall()
+            stalled = conn.execute(
+                store.RELAUNCH_STALLED,
+                {"states": ["uploading", "uploaded"], "after": store.STALLED_AFTER_SECONDS, "limit": 20},
+            ).fetchall()
+            conn.commit()
+        if stalled:
+            context.log.warning("relaunching stalled uploads of batches %s", [r["id"] for r in stalled])
         if cut:
             context.log.info("cut batches %s", cut)
-        launches = {r["id"]: r["launch_count"] for r in ready}
+        launches = {r["id"]: r["launch_count"] for r in [*ready, *stalled]}
         launches.update(dict(admitted))
         keys = [str(batch_id) for batch_id in launches]
         return dg.SensorResult(

@@ -9,9 +9,9 @@ from batch_pipeline.store import batches as store
 MAX_RESULTS_RUNS_PER_TICK = 50
 
 
-def results_run_request(batch_id: int, openai_batch_id: str | None) -> dg.RunRequest:
+def results_run_request(batch_id: int, openai_batch_id: str | None, launch_count: int) -> dg.RunRequest:
     return dg.RunRequest(
-        run_key=f"results:{batch_id}:{openai_batch_id}",
+        run_key=f"results:{batch_id}:{openai_batch_id}:{launch_count}",
         partition_key=str(batch_id),
         tags={"batch_id": str(batch_id), "stage": "results"},
     )
@@ -40,6 +40,18 @@ def make_status_sensor(results_job: dg.JobDefinition, interval_seconds: int) -> 
         # Re-emitting every batch awaiting its results run is safe: the run key makes it launch once.
         with postgres.connect() as conn:
             due = conn.execute(store.RESULTS_DUE, (MAX_RESULTS_RUNS_PER_TICK,)).fetchall()
-        return dg.SensorResult(run_requests=[results_run_request(r["id"], r["openai_batch_id"]) for r in due])
+            stalled = conn.execute(
+                store.RELAUNCH_STALLED,
+                {"states": ["downloading"], "after": store.STALLED_AFTER_SECONDS, "limit": 20},
+            ).fetchall()
+            conn.commit()
+        if stalled:
+            context.log.warning("relaunching stalled results runs of batches %s", [r["id"] for r in stalled])
+        return dg.SensorResult(
+            run_requests=[
+                results_run_request(r["id"], r["openai_batch_id"], r["launch_count"])
+                for r in [*due, *stalled]
+            ]
+        )
 
     return status_sensor

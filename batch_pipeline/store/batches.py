@@ -56,6 +56,29 @@ READY_FOR_UPLOAD = """
 SELECT id, launch_count FROM batchman.batches WHERE state = 'ready' ORDER BY id LIMIT %s
 """
 
+# A stage run that ended without moving its batch on (its retries spent, or a permanent error in a
+# step that cannot fail the batch) leaves it in a working state no sensor looks at. After a while
+# without progress the batch gets a new launch; the stages are conditional and reconcile with
+# OpenAI, and one run per batch at a time is enforced by the run queue, so an overlap is harmless.
+# The batches table holds one row per batch (not per request): no index needed for this scan.
+RELAUNCH_STALLED = """
+WITH stalled AS (
+    SELECT id FROM batchman.batches
+    WHERE state = ANY(%(states)s) AND updated_at < now() - make_interval(secs => %(after)s)
+    ORDER BY id LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+), relaunched AS (
+    UPDATE batchman.batches b SET launch_count = b.launch_count + 1, updated_at = now()
+    FROM stalled WHERE b.id = stalled.id
+    RETURNING b.id, b.launch_count, b.openai_batch_id, b.state
+), audit AS (
+    INSERT INTO batchman.batch_transitions (batch_id, from_state, to_state, reason)
+    SELECT id, state, state, 'relaunched: no progress for ' || %(after)s || ' s' FROM relaunched
+)
+SELECT id, launch_count, openai_batch_id FROM relaunched
+"""
+STALLED_AFTER_SECONDS = 900
+
 POLL_DUE = """
 SELECT id, openai_batch_id, state FROM batchman.batches
 WHERE state IN ('openai_processing', 'cancelling') AND (next_check_at IS NULL OR next_check_at <= now())
@@ -64,7 +87,8 @@ LIMIT %s
 """
 
 RESULTS_DUE = """
-SELECT id, openai_batch_id FROM batchman.batches WHERE state = 'openai_completed' ORDER BY id LIMIT %s
+SELECT id, openai_batch_id, launch_count FROM batchman.batches WHERE state = 'openai_completed'
+ORDER BY id LIMIT %s
 """
 
 PROGRESS = """

@@ -203,3 +203,32 @@ def test_crash_after_upload_reuses_the_uploaded_file(driver, sim, add_requests) 
     driver.drive(stages=STAGES)
     assert states(driver) == {"openai_processed": 2}
     assert sim.stats()["files_uploaded"] == 1
+
+
+@pytest.mark.parametrize(
+    ("stalled_state", "sensor"), [("uploading", "batching_sensor"), ("downloading", "status_sensor")]
+)
+def test_a_stage_that_stopped_without_progress_is_relaunched(
+    driver, sim, add_requests, stalled_state: str, sensor: str
+) -> None:
+    add_requests("/v1/responses", "gpt-4o-mini", 2)
+    if stalled_state == "downloading":
+        driver.drive(stages=STAGES)  # all the way through a first results run ...
+        driver.query(  # ... which, as far as the database knows, died half way
+            "UPDATE batchman.batches SET state = 'downloading' RETURNING id"
+        )
+        driver.query("UPDATE batchman.requests SET state = 'openai_processing', result = NULL RETURNING id")
+    else:
+        driver.tick("batching_sensor")  # cuts the batch; its upload run then gives up mid-way
+        driver.query("UPDATE batchman.batches SET state = 'uploading' RETURNING id")
+    assert driver.tick(sensor) == []  # recent: its run may still be working
+    driver.query("UPDATE batchman.batches SET updated_at = now() - interval '16 minutes' RETURNING id")
+
+    requests = driver.tick(sensor)
+    assert len(requests) == 1 and requests[0].run_key.endswith(":1")
+    driver.execute(sensor, requests[0])
+    driver.drive(stages=STAGES)
+    assert states(driver) == {"openai_processed": 2}
+    assert sim.stats()["batches_created"] == 1  # the relaunch adopted what existed at OpenAI
+    reasons = [r["reason"] for r in driver.query("SELECT reason FROM batchman.batch_transitions")]
+    assert any(r.startswith("relaunched: no progress") for r in reasons)
