@@ -9,6 +9,7 @@ status (``completed``, ``failed``, ``expired``, ``cancelled``) hands the batch t
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
@@ -132,12 +133,23 @@ def _token_limit_backoff(
     return "backoff"
 
 
-def poll_due(connect: Connect, client: openai.OpenAI, settings: PollSettings, limit: int) -> list[int]:
-    """Check up to ``limit`` batches due for a poll; returns the ids now ready for their results run."""
+def poll_due(
+    connect: Connect,
+    client: openai.OpenAI,
+    settings: PollSettings,
+    limit: int,
+    budget_seconds: float = float("inf"),
+) -> list[int]:
+    """Check up to ``limit`` batches due for a poll, stopping once ``budget_seconds`` are spent
+    (the rest stay due for the next call); returns the ids now ready for their results run."""
     ready = []
+    deadline = time.monotonic() + budget_seconds
     with connect() as conn:
         due = conn.execute(store.POLL_DUE, (limit,)).fetchall()
-    for row in due:
+    for done, row in enumerate(due):
+        if time.monotonic() >= deadline:
+            log.warning("status checks: time budget spent, %d batches left for later", len(due) - done)
+            break
         try:
             remote = client.batches.retrieve(row["openai_batch_id"])
         except openai.APIError as exc:

@@ -32,14 +32,15 @@ class OpenAIResource(dg.ConfigurableResource):
     # The SDK retries connection errors, 408, 409, 429 and 5xx with backoff before we see them.
     max_retries: int = 3
 
-    def client(self):  # -> openai.OpenAI (imported lazily: the SDK import is slow)
+    def client(self, timeout_seconds: float | None = None, max_retries: int | None = None):
+        """An ``openai.OpenAI`` (imported lazily: the SDK import is slow); sensors pass shorter limits."""
         import openai
 
         return openai.OpenAI(
             base_url=self.base_url,
             api_key=self.api_key,
-            timeout=self.timeout_seconds,
-            max_retries=self.max_retries,
+            timeout=self.timeout_seconds if timeout_seconds is None else timeout_seconds,
+            max_retries=self.max_retries if max_retries is None else max_retries,
         )
 
 

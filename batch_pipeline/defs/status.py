@@ -7,6 +7,8 @@ from batch_pipeline.polling import PollSettings, poll_due
 from batch_pipeline.store import batches as store
 
 MAX_RESULTS_RUNS_PER_TICK = 50
+POLL_TIMEOUT_SECONDS = 10.0
+POLL_BUDGET_SECONDS = 30.0
 
 
 def results_run_request(batch_id: int, openai_batch_id: str | None, launch_count: int) -> dg.RunRequest:
@@ -34,7 +36,12 @@ def make_status_sensor(results_job: dg.JobDefinition, interval_seconds: int) -> 
         settings = PollSettings(
             pipeline.openai_poll_interval_seconds, pipeline.token_limit_backoff_schedule()
         )
-        finished = poll_due(postgres.connect, openai.client(), settings, pipeline.status_poll_max_per_tick)
+        # A sensor tick must end well inside Dagster's 60 s deadline even when OpenAI is slow:
+        # short calls, one SDK retry, and a time budget; what is left waits for the next tick.
+        client = openai.client(timeout_seconds=POLL_TIMEOUT_SECONDS, max_retries=1)
+        finished = poll_due(
+            postgres.connect, client, settings, pipeline.status_poll_max_per_tick, POLL_BUDGET_SECONDS
+        )
         if finished:
             context.log.info("batches finished at OpenAI: %s", finished)
         # Re-emitting every batch awaiting its results run is safe: the run key makes it launch once.

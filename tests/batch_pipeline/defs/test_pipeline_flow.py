@@ -232,3 +232,20 @@ def test_a_stage_that_stopped_without_progress_is_relaunched(
     assert sim.stats()["batches_created"] == 1  # the relaunch adopted what existed at OpenAI
     reasons = [r["reason"] for r in driver.query("SELECT reason FROM batchman.batch_transitions")]
     assert any(r.startswith("relaunched: no progress") for r in reasons)
+
+
+def test_status_checks_stop_at_their_time_budget_when_openai_is_slow(driver, sim, add_requests) -> None:
+    from batch_pipeline.db import connect
+    from batch_pipeline.polling import PollSettings, poll_due
+
+    for model in ("gpt-4o-mini", "gpt-4.1-mini", "gpt-5-mini"):
+        add_requests("/v1/responses", model, 1, prefix=model)
+    driver.drive(rounds=1, stages=("batching_sensor",))  # three batches at OpenAI
+    sim.advance(60)
+    sim.faults(slow_rate=1.0, slow_seconds=1.0)  # every call now takes a second
+
+    ready = poll_due(lambda: connect(driver.db_url), sim.client, PollSettings(0, (5.0,)), 50, 0.5)
+
+    assert len(ready) == 1  # the first call overran the budget; the other two wait, still due
+    rows = driver.query("SELECT state FROM batchman.batches ORDER BY id")
+    assert sorted(r["state"] for r in rows) == ["openai_completed", "openai_processing", "openai_processing"]
