@@ -81,7 +81,7 @@ openai_completed, openai_failed, openai_total, error_msg, next_check_at, created
 # Newest first; keyset pagination on id (``before`` is the last id of the previous page).
 LIST_BATCHES = "SELECT " + SUMMARY_COLUMNS + " FROM batchman.batches WHERE {where} ORDER BY id DESC LIMIT %s"
 GET_BATCH = "SELECT * FROM batchman.batches WHERE id = %s"
-GET_STATE = "SELECT id, state, openai_batch_id FROM batchman.batches WHERE id = %s"
+GET_STATE = "SELECT id, state, openai_batch_id, openai_status FROM batchman.batches WHERE id = %s"
 LOCK_STATE = "SELECT id, state FROM batchman.batches WHERE id = %s FOR UPDATE"
 # Served by the partial index requests_batch_idx (batch_id, state).
 REQUEST_COUNTS = "SELECT state, count(*) AS n FROM batchman.requests WHERE batch_id = %s GROUP BY state"
@@ -264,7 +264,10 @@ async def cancel_batch(conn: psycopg.AsyncConnection, settings: Settings, batch_
             return {"id": batch_id, "state": state, "previous_state": state, "cancelled_requests": 0}
         if state not in (*CANCEL_LOCALLY, "openai_processing"):
             raise InvalidBatchState(batch_id, state, "cancelled", (*CANCEL_LOCALLY, *AT_OPENAI))
-        # A remote batch can exist before 'openai_processing' when a run crashed right after creating it.
+        # A remote batch can exist before 'openai_processing' when a run crashed right after creating it
+        # (its id stored, or only the 'creating' intent: then it is found by our id in its metadata).
+        if not openai_batch_id and current["openai_status"] == "creating":
+            openai_batch_id = await find_at_openai(settings, batch_id)
         found_at_openai = bool(openai_batch_id) and await cancel_at_openai(settings, openai_batch_id)
         moved = 0
         async with conn.transaction():
@@ -302,6 +305,35 @@ async def cancel_batch(conn: psycopg.AsyncConnection, settings: Settings, batch_
             }
     current = await _current(conn, batch_id)
     raise InvalidBatchState(batch_id, current["state"], "cancelled", (*CANCEL_LOCALLY, *AT_OPENAI))
+
+
+def _sync_client(settings: Settings):  # -> openai.OpenAI
+    import openai
+
+    api_key = settings.openai_api_key.get_secret_value() if settings.openai_api_key else SIMULATOR_API_KEY
+    return openai.OpenAI(
+        base_url=settings.openai_client_base_url,
+        api_key=api_key,
+        max_retries=OPENAI_MAX_RETRIES,
+        timeout=OPENAI_TIMEOUT_SECONDS,
+    )
+
+
+async def find_at_openai(settings: Settings, batch_id: int) -> str | None:
+    """The OpenAI batch created for ours by a run that crashed before storing its id, if any."""
+    import openai
+
+    from batch_pipeline import openai_client as oai
+
+    def find() -> str | None:
+        with _sync_client(settings) as client:
+            remote = oai.find_batch(client, batch_id)
+        return remote.id if remote else None
+
+    try:
+        return await asyncio.to_thread(find)
+    except openai.APIError as exc:
+        raise OpenAICallFailed(f"OpenAI could not be asked for batch {batch_id}: {exc}") from exc
 
 
 async def cancel_at_openai(settings: Settings, openai_batch_id: str) -> bool:

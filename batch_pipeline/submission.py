@@ -167,7 +167,7 @@ def _create(
                         if exc.code != "token_limit_exceeded":
                             raise
                         return _refused_for_tokens(conn, batch_id, exc)
-                transition(
+                moved = transition(
                     conn,
                     batch_id,
                     ("uploaded", "waiting_for_capacity"),
@@ -179,6 +179,17 @@ def _create(
                     waiting_since=None,
                     next_check_at=sql.SQL(f"now() + interval '{int(poll_interval_seconds)} seconds'"),
                 )
+                if moved is None:
+                    # Cancelled (or deleted) through the API while the create call was in flight:
+                    # stop the OpenAI batch too, so nothing runs (and bills) unseen.
+                    conn.rollback()
+                    try:
+                        oai.cancel_batch(client, remote.id)
+                    except openai.APIStatusError as exc:  # e.g. the API's cancel got there first
+                        log.warning("batch %s: cancelling %s at OpenAI: %s", batch_id, remote.id, exc)
+                    conn.execute(store.NOTE_CANCELLED_REMOTE, (remote.id, batch_id))
+                    conn.commit()
+                    return SubmitResult("skipped", f"batch was cancelled; cancelled {remote.id} at OpenAI")
                 conn.execute(store.REQUESTS_TO_PROCESSING, (batch_id,))
                 conn.commit()
                 return SubmitResult("submitted", openai_batch_id=remote.id)
@@ -211,5 +222,13 @@ def fail_batch(connect: Connect, batch_id: int, message: str) -> None:
     """A permanent error (e.g. a rejected API key): the batch fails with the message. Its requests
     stay with it; ``POST /api/batches/{id}/restart`` puts them back in the queue once fixed."""
     with connect() as conn:
-        transition(conn, batch_id, CLAIMABLE, "failed", message[:2000], error_msg=message[:10_000])
+        transition(
+            conn,
+            batch_id,
+            CLAIMABLE,
+            "failed",
+            message[:2000],
+            error_msg=message[:10_000],
+            completed_at=sql.SQL("coalesce(completed_at, now())"),  # retention counts from here
+        )
         conn.commit()

@@ -104,6 +104,12 @@ UPDATE batchman.batches SET next_check_at = now() + make_interval(secs => %s) WH
 
 MARK_CREATING = "UPDATE batchman.batches SET openai_status = 'creating', updated_at = now() WHERE id = %s"
 
+# The OpenAI batch created for a batch cancelled meanwhile: kept for the audit trail.
+NOTE_CANCELLED_REMOTE = """
+UPDATE batchman.batches SET openai_batch_id = %s, openai_status = 'cancelling', updated_at = now()
+WHERE id = %s
+"""
+
 ADVISORY_LOCK = "SELECT pg_advisory_lock(hashtext('batchman.capacity:' || %s))"
 ADVISORY_UNLOCK = "SELECT pg_advisory_unlock(hashtext('batchman.capacity:' || %s))"
 

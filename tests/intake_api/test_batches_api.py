@@ -324,3 +324,72 @@ def test_every_status_needs_the_token_and_is_documented(tmp_path: Path, db_url: 
             if status[0] in "45":
                 ref = response["content"]["application/json"]["schema"]
                 assert ref == {"$ref": "#/components/schemas/ErrorEnvelope"}, (method, path, status)
+
+
+@pytest.fixture
+def own_simulator(tmp_path: Path) -> Iterator[ServerThread]:
+    """A simulator of this test's own: batch ids in metadata and fault settings are not shared."""
+    settings = SimulatorSettings(
+        _env_file=None, _env_prefix="SIMULATOR_TESTS_IGNORE_", data_dir=tmp_path / "sim", freeze_clock=True
+    )
+    with ServerThread(create_simulator(settings)) as server:
+        yield server
+
+
+ONE_LINE = (
+    b'{"custom_id":"a","method":"POST","url":"/v1/chat/completions",'
+    b'"body":{"model":"gpt-4o-mini","messages":[{"role":"user","content":"x"}]}}\n'
+)
+
+
+def test_cancel_finds_the_batch_a_crashed_create_left_at_openai(
+    tmp_path: Path, db_url: str, own_simulator: ServerThread
+) -> None:
+    """Only the intent was stored ('creating', no id) when the run died; the batch exists at OpenAI."""
+    from batch_pipeline import openai_client as oai
+
+    local = add_batch(db_url, "uploaded", add_requests(db_url, 1), openai_status="creating")
+    with openai.OpenAI(base_url=f"{own_simulator.url}/v1", api_key="sk-test", max_retries=0) as sdk:
+        file = sdk.files.create(file=("in.jsonl", ONE_LINE), purpose="batch")
+        remote = oai.create_batch(sdk, local, file.id, "/v1/chat/completions")
+        with serve(tmp_path, db_url, openai_base_url=f"{own_simulator.url}/v1") as client:
+            resp = client.post(f"/api/batches/{local}/cancel")
+        assert resp.status_code == 202 and resp.json()["state"] == "cancelled"
+        assert sdk.batches.retrieve(remote.id).status == "cancelling"
+
+
+def test_a_batch_cancelled_while_its_create_call_is_in_flight_is_cancelled_at_openai(
+    tmp_path: Path, db_url: str, own_simulator: ServerThread
+) -> None:
+    import threading
+    import time
+
+    from batch_pipeline.db import connect
+    from batch_pipeline.submission import submit_batch
+
+    local = add_batch(db_url, "uploaded", add_requests(db_url, 1))
+    with (
+        openai.OpenAI(base_url=f"{own_simulator.url}/v1", api_key="sk-test", max_retries=0) as sdk,
+        serve(tmp_path, db_url, openai_base_url=f"{own_simulator.url}/v1") as client,
+    ):
+        file = sdk.files.create(file=("in.jsonl", ONE_LINE), purpose="batch")
+        query(db_url, "UPDATE batchman.batches SET openai_input_file_id = %s RETURNING id", (file.id,))
+        # The run's calls take two seconds (the API's do not): the cancel lands while the create
+        # call is in flight.
+        httpx.put(f"{own_simulator.url}/_sim/faults", json={"slow_seconds": 2.0})
+        slow = sdk.with_options(default_headers={"x-sim-http-fault": "slow"})
+        outcome: list = []
+        run = threading.Thread(
+            target=lambda: outcome.append(
+                submit_batch(lambda: connect(db_url), slow, local, lambda _m: 10**9, 60)
+            )
+        )
+        run.start()
+        deadline = time.monotonic() + 30
+        while batch(db_url, local)["openai_status"] != "creating" and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert client.post(f"/api/batches/{local}/cancel").json()["state"] == "cancelled"
+        run.join(timeout=60)
+        (remote,) = sdk.batches.list().data
+        assert remote.status in ("cancelling", "cancelled")
+        assert outcome[0].outcome == "skipped" and batch(db_url, local)["state"] == "cancelled"
