@@ -20,6 +20,10 @@ OPENAI_MAX_FILE_BYTES = 200 * 1000 * 1000
 DEFAULT_BATCH_MAX_BYTES = OPENAI_MAX_FILE_BYTES - 1_000_000
 # Values of these variables never appear in messages or logs.
 _SECRET_HINT = re.compile("KEY|TOKEN|SECRET|PASSWORD")
+# In any other value, the password of a URL (scheme://user:password@host, up to the last "@" so a
+# password holding "@" or "/" is hidden whole) and a libpq-style password=... parameter.
+_URL_PASSWORD = re.compile(r"([a-z][a-z0-9+.-]*://[^/?#@:\s]*:).*@", re.I | re.S)
+_PARAM_PASSWORD = re.compile(r"(password=)[^&\s]*", re.I)
 
 
 class ConfigError(RuntimeError):
@@ -197,6 +201,17 @@ class Settings(BaseSettings):
         return frozenset(h.strip().lower() for h in self.webhook_allowed_hosts.split(",") if h.strip())
 
 
+def _mask_passwords(value: object) -> object:
+    """``value`` with the passwords in its strings replaced by ``***`` (containers are walked)."""
+    if isinstance(value, str):
+        return _PARAM_PASSWORD.sub(r"\1***", _URL_PASSWORD.sub(r"\1***@", value))
+    if isinstance(value, dict):
+        return {_mask_passwords(k): _mask_passwords(v) for k, v in value.items()}
+    if isinstance(value, list | tuple | set):
+        return type(value)(_mask_passwords(v) for v in value)
+    return value
+
+
 def load_settings(**overrides: object) -> Settings:
     """Build settings from the environment, turning pydantic's report into one line per bad variable."""
     try:
@@ -205,8 +220,8 @@ def load_settings(**overrides: object) -> Settings:
         lines = []
         for err in exc.errors():
             name = str(err["loc"][0]).upper() if err["loc"] else "?"
-            shown = "***" if _SECRET_HINT.search(name) else repr(err.get("input"))
-            lines.append(f"{name}: {err['msg']} (got {shown})")
+            shown = "***" if _SECRET_HINT.search(name) else repr(_mask_passwords(err.get("input")))
+            lines.append(f"{name}: {_mask_passwords(err['msg'])} (got {shown})")
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(lines)) from None
 
 

@@ -11,6 +11,7 @@ re-serialises it compactly (a JSONL line must not contain one).
 
 from __future__ import annotations
 
+import re
 from typing import Literal
 
 import msgspec
@@ -19,6 +20,7 @@ from batch_pipeline.endpoints import ENDPOINTS
 from batch_pipeline.tokens import estimate_tokens
 from batch_pipeline.validation import (
     CUSTOM_ID_MAX_BYTES,
+    MAX_BODY_DEPTH,
     RABBITMQ_QUEUE_MAX_BYTES,
     Limits,
     NewRequest,
@@ -52,6 +54,30 @@ _decode_request = msgspec.json.Decoder(_Request).decode
 _decode_body = msgspec.json.Decoder(_Body).decode
 _encode = msgspec.json.Encoder().encode
 
+_JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.S)
+# Valid JSON nests its brackets properly, so for depth an object's braces may count as brackets.
+_AS_BRACKETS = bytes.maketrans(b"{}", b"[]")
+_NOT_A_BRACKET = bytes(b for b in range(256) if b not in b"[]{}")
+
+
+def _nests_at_most(raw: bytes, max_depth: int) -> bool:
+    """Whether the valid JSON ``raw`` nests at most ``max_depth`` levels of arrays and objects.
+
+    False may also mean "not cheaply known": the caller then leaves the request to the full validator.
+    """
+    if raw.count(b"[") + raw.count(b"{") <= max_depth:  # the common case: few brackets at all
+        return True
+    brackets = _JSON_STRING.sub(b"", raw).translate(_AS_BRACKETS, _NOT_A_BRACKET)
+    budget = 8 * len(brackets)  # bytes to scan; past it, the (linear) full validator decides
+    for _ in range(max_depth):  # each pass removes the innermost level
+        if not brackets:
+            return True
+        budget -= len(brackets)
+        if budget < 0:
+            return False
+        brackets = brackets.replace(b"[]", b"")
+    return not brackets
+
 
 def fast_validate(raw: bytes, limits: Limits, url_policy: UrlPolicy | None = None) -> NewRequest | None:
     """A ``NewRequest`` for a valid raw request, or None to let the full validator decide."""
@@ -59,7 +85,8 @@ def fast_validate(raw: bytes, limits: Limits, url_policy: UrlPolicy | None = Non
         req = _decode_request(raw)
         body_raw = bytes(req.body)
         body = _decode_body(body_raw)
-    except (msgspec.DecodeError, msgspec.ValidationError):
+    except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError, RecursionError):
+        # Invalid UTF-8 inside a string, or nesting deeper than msgspec recurses: the full path reports it.
         return None
     custom_id, url, cfg = req.custom_id, req.url, req.delivery_config
     endpoint = ENDPOINTS.get(url)
@@ -75,6 +102,7 @@ def fast_validate(raw: bytes, limits: Limits, url_policy: UrlPolicy | None = Non
         or b"\\u0000" in raw  # NUL (escaped in JSON): the full validator rejects it
         or b"\n" in body_raw
         or b"\r" in body_raw
+        or not _nests_at_most(body_raw, MAX_BODY_DEPTH)
     ):
         return None
     if isinstance(cfg, _Webhook):
@@ -93,7 +121,10 @@ def fast_validate(raw: bytes, limits: Limits, url_policy: UrlPolicy | None = Non
     )
     if len(line) + 1 > limits.batch_max_bytes:
         return None  # the full validator raises RequestTooLarge with the message
-    payload = line.decode()
+    try:
+        payload = line.decode()
+    except UnicodeDecodeError:  # msgspec does not check the UTF-8 of what it skips in the raw body
+        return None
     return NewRequest(
         custom_id=custom_id,
         url=url,

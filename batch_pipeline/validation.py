@@ -24,6 +24,10 @@ TOP_LEVEL_FIELDS = ("custom_id", "url", "method", "body", "delivery_config")
 RABBITMQ_QUEUE_MAX_BYTES = 255  # AMQP short string
 # A btree index row holds at most 2,704 bytes; the unique index on custom_id needs some margin.
 CUSTOM_ID_MAX_BYTES = 2048
+# Levels of arrays and objects in ``body`` (the body object is one), or any other field. Real requests
+# stay far below (a structured-output schema nests at most 10 levels); the bound keeps every walk of a
+# body, and orjson's encoder (255 levels), clear of the recursion limits.
+MAX_BODY_DEPTH = 128
 
 # A policy hook for webhook URLs (the SSRF check): returns a reason to reject, or None.
 UrlPolicy = Callable[[str], str | None]
@@ -123,14 +127,28 @@ def _body_errors(url: Any, body: Any, pointer: str) -> list[dict]:
     return errs
 
 
-def _has_nul(value: Any) -> bool:
+def _scan(value: Any, max_depth: int) -> tuple[bool, bool]:
+    """``(has_nul, too_deep)``: whether any string or key holds U+0000, and whether arrays and
+    objects nest more than ``max_depth`` levels. Iterative: a hostile body cannot exhaust the stack."""
     if isinstance(value, str):
-        return "\x00" in value
-    if isinstance(value, dict):
-        return any(_has_nul(k) or _has_nul(v) for k, v in value.items())
-    if isinstance(value, list):
-        return any(_has_nul(v) for v in value)
-    return False
+        return "\x00" in value, False
+    if not isinstance(value, dict | list):
+        return False, False
+    has_nul = False
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if depth > max_depth:
+            return has_nul, True
+        if isinstance(item, dict):
+            has_nul = has_nul or any("\x00" in k for k in item if isinstance(k, str))
+            item = item.values()
+        for v in item:
+            if isinstance(v, str):
+                has_nul = has_nul or "\x00" in v
+            elif isinstance(v, dict | list):
+                stack.append((v, depth + 1))
+    return has_nul, False
 
 
 def _dump_line(line: dict) -> bytes:
@@ -172,10 +190,21 @@ def validate_request(
         errs += _body_errors(url, obj["body"], f"{pointer}/body")
     if "delivery_config" in obj:
         errs += _delivery_errors(obj["delivery_config"], f"{pointer}/delivery_config", url_policy)
+    has_nul = any("\x00" in k for k in obj if isinstance(k, str))
+    for key, value in obj.items():
+        nul, too_deep = _scan(value, MAX_BODY_DEPTH)
+        has_nul = has_nul or nul
+        if too_deep:
+            errs.append(
+                error(
+                    f"{key} is nested too deeply (at most {MAX_BODY_DEPTH} levels of arrays and objects)",
+                    f"{pointer}/{key}",
+                )
+            )
     if errs:
         return errs
 
-    if _has_nul(obj):
+    if has_nul:
         # Postgres text and jsonb cannot hold U+0000; OpenAI has no use for it either.
         return [error("text must not contain the NUL character (U+0000)", pointer or "/")]
     body = obj["body"]

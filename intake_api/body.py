@@ -5,6 +5,7 @@ Items stay raw JSON bytes: the intake service decodes and checks each one in C o
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator
 
 import msgspec
@@ -14,6 +15,10 @@ from fastapi import Request
 from intake_api.errors import ApiError
 
 _split_array = msgspec.json.Decoder(list[msgspec.Raw]).decode
+# What matters for finding the items of an array: strings (whose brackets and commas are text), an
+# unterminated string, brackets and commas.
+_STRUCTURE = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"|"|[\[\]{},]', re.S)
+_WHITESPACE = b" \t\r\n"
 
 
 async def read_limited(request: Request, max_bytes: int) -> bytes:
@@ -61,11 +66,19 @@ def is_ndjson(content_type: str) -> bool:
 
 
 def split_array(raw: bytes) -> list[bytes]:
-    """The raw items of a JSON array body; 422 when the body is not JSON or not an array."""
+    """The raw items of a JSON array body; 422 when the body is not JSON or not an array.
+
+    An item that msgspec cannot take (nested deeper than it recurses) does not fail the whole body:
+    the items are then found by scanning brackets, and each is judged on its own.
+    """
     try:
         return [bytes(item) for item in _split_array(raw)]
     except (msgspec.DecodeError, msgspec.ValidationError):
         pass
+    except (RecursionError, UnicodeDecodeError):
+        items = _scan_items(raw)
+        if items is not None:
+            return items
     try:
         orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
@@ -75,3 +88,42 @@ def split_array(raw: bytes) -> list[bytes]:
     raise ApiError(
         422, "validation_error", "Invalid value", "The body must be a JSON array of requests.", "/"
     )
+
+
+def _scan_items(raw: bytes) -> list[bytes] | None:
+    """The raw items of a top-level array, found without recursion, or None when it is not one.
+
+    Only the array's own structure is checked: an item that is not valid JSON is reported in its place.
+    """
+    start = len(raw) - len(raw.lstrip(_WHITESPACE))
+    if raw[start : start + 1] != b"[":
+        return None
+    items: list[bytes] = []
+    depth, item_start = 0, start + 1
+    for match in _STRUCTURE.finditer(raw, start):
+        char = raw[match.start()]
+        if char == 0x22:  # '"'
+            if match.end() - match.start() == 1:
+                return None  # an unterminated string
+        elif char in b"[{":
+            depth += 1
+        elif char in b"]}":
+            depth -= 1
+            if depth == 0:
+                if char != 0x5D:  # the array must close with ']'
+                    return None
+                item = raw[item_start : match.start()].strip(_WHITESPACE)
+                if item:
+                    items.append(item)
+                elif items:
+                    return None  # a trailing comma
+                if raw[match.end() :].strip(_WHITESPACE):
+                    return None  # something after the array
+                return items
+        elif depth == 1:  # a comma between items
+            item = raw[item_start : match.start()].strip(_WHITESPACE)
+            if not item:
+                return None
+            items.append(item)
+            item_start = match.end()
+    return None  # the array is never closed

@@ -15,6 +15,8 @@ def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
         "PORT",
         "BATCH_MAX_AGE_SECONDS",
         "SENSOR_INTERVAL_SECONDS",
+        "DAGSTER_DATABASE_URL",
+        "RABBITMQ_URL",
     ):
         monkeypatch.delenv(name, raising=False)
 
@@ -75,6 +77,36 @@ def test_secrets_are_never_echoed() -> None:
     with pytest.raises(ConfigError) as info:
         settings(api_token=["not", "a", "string"])
     assert "API_TOKEN" in str(info.value) and "not" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "shown"),
+    [
+        ("DATABASE_URL", "mysql://u:hunter2@h/d", "mysql://u:***@h/d"),
+        ("DAGSTER_DATABASE_URL", "mysql://u:hunter2@h/d", "mysql://u:***@h/d"),
+        ("DATABASE_URL", "mysql://u@h/d?sslmode=off&password=hunter2", "password=***"),
+        ("DATABASE_URL", "mysql://:hunter2@h:5432/d", "mysql://:***@h:5432/d"),
+        ("DATABASE_URL", "mysql://u:p@ss/w:rd@hunter2@h/d", "mysql://u:***@h/d"),
+    ],
+)
+def test_database_passwords_are_never_echoed(
+    name: str, value: str, shown: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(name, value)
+    with pytest.raises(ConfigError) as info:
+        settings()
+    message = str(info.value)
+    assert name in message
+    assert "hunter2" not in message and "p@ss" not in message
+    assert shown in message  # enough is left to spot the mistake
+
+
+def test_rabbitmq_password_is_never_echoed() -> None:
+    with pytest.raises(ConfigError) as info:
+        settings(rabbitmq_url={"url": "amqp://guest:hunter2@rabbit:5672/%2F"})
+    message = str(info.value)
+    assert "RABBITMQ_URL" in message and "hunter2" not in message
+    assert "amqp://guest:***@rabbit:5672/%2F" in message
 
 
 def test_normalize_keeps_query() -> None:

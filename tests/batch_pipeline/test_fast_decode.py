@@ -7,7 +7,7 @@ import json
 import pytest
 
 from batch_pipeline.fast_decode import fast_validate
-from batch_pipeline.validation import Limits, NewRequest, RequestTooLarge, validate_request
+from batch_pipeline.validation import MAX_BODY_DEPTH, Limits, NewRequest, RequestTooLarge, validate_request
 
 LIMITS = Limits(custom_id_max_length=20, batch_max_bytes=4096)
 
@@ -83,3 +83,54 @@ def test_fast_path_takes_the_common_case_and_keeps_big_numbers() -> None:
     assert fast is not None
     assert "123456789012345678901234567890" in fast.payload
     assert fast_validate(json.dumps({**BASE, **VARIANTS[18]}).encode(), LIMITS) is not None
+
+
+def _raw_with(custom_id: bytes = b"c1", body: bytes = b'{"model":"m","input":"x"}') -> bytes:
+    return (
+        b'{"custom_id":"%b","url":"/v1/responses","method":"POST","body":%b,'
+        b'"delivery_config":{"type":"webhook","webhook_url":"https://h.example/x"}}' % (custom_id, body)
+    )
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        _raw_with(custom_id=b"\xff"),
+        _raw_with(custom_id=b"ok\xc3"),
+        _raw_with(body=b'{"model":"m","input":"\xff"}'),
+        _raw_with(body=b'{"model":"m","x_unknown":{"k\xfe":1}}'),
+    ],
+    ids=["custom_id", "truncated-sequence", "body-input", "body-unknown-key"],
+)
+def test_invalid_utf8_is_declined_not_raised(raw: bytes) -> None:
+    assert fast_validate(raw, LIMITS) is None
+
+
+@pytest.mark.parametrize("depth", [MAX_BODY_DEPTH, 400, 1000, 5000])
+@pytest.mark.parametrize("sep", [b"", b"\n"], ids=["compact", "pretty"])
+def test_too_deep_bodies_are_declined_not_raised(depth: int, sep: bytes) -> None:
+    # The body object is one level; "deep" adds ``depth`` more, one over the limit at least.
+    deep = (b"[" + sep) * depth + (b"]" + sep) * depth
+    raw = _raw_with(body=b'{"model":"m","deep":%b}' % deep)
+    assert fast_validate(raw, Limits(batch_max_bytes=1_000_000)) is None
+
+
+def test_nesting_up_to_the_limit_and_brackets_in_strings_keep_the_fast_path() -> None:
+    limits = Limits(batch_max_bytes=1_000_000)
+    depth = MAX_BODY_DEPTH - 1
+    deep = b"[" * depth + b"]" * depth
+    at_limit = fast_validate(_raw_with(body=b'{"model":"m","deep":%b}' % deep), limits)
+    assert at_limit is not None
+    assert at_limit.payload == slow_with(json.loads(at_limit.payload), limits).payload
+    # Brackets inside strings are text, not nesting.
+    text = json.dumps({"model": "m", "input": "[{" * 500 + '\\"[' * 100}).encode()
+    assert fast_validate(_raw_with(body=text), limits) is not None
+    many = json.dumps({"model": "m", "input": [{"role": "user", "content": "x"}] * 500}).encode()
+    assert fast_validate(_raw_with(body=many), limits) is not None
+
+
+def slow_with(line: dict, limits: Limits) -> NewRequest:
+    obj = {**line, "delivery_config": {"type": "webhook", "webhook_url": "https://h.example/x"}}
+    result = validate_request(obj, limits)
+    assert isinstance(result, NewRequest)
+    return result

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from batch_pipeline.validation import Limits, NewRequest, RequestTooLarge, validate_request
+from batch_pipeline.validation import MAX_BODY_DEPTH, Limits, NewRequest, RequestTooLarge, validate_request
 
 LIMITS = Limits()
 
@@ -104,3 +104,36 @@ def test_url_policy_hook_rejects() -> None:
     cfg = {"type": "webhook", "webhook_url": "http://10.0.0.1/h"}
     errors = validate_request(valid(delivery_config=cfg), LIMITS, url_policy=lambda url: "private address")
     assert errors[0]["code"] == "webhook_url_not_allowed"
+
+
+def _nested(depth: int, leaf: object = None) -> object:
+    """``depth`` levels of arrays around ``leaf``, built without recursion."""
+    value = leaf
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+@pytest.mark.parametrize("depth", [400, 1000, 5000])
+def test_deeply_nested_body_is_a_client_error_not_a_crash(depth: int) -> None:
+    errors = validate_request(valid(body={"model": "m", "deep": _nested(depth)}), LIMITS, pointer="/2")
+    assert isinstance(errors, list)
+    assert [e["source"]["pointer"] for e in errors] == ["/2/body"]
+    assert "nested too deeply" in errors[0]["detail"]
+
+
+def test_body_at_the_nesting_limit_is_accepted_and_nul_is_still_found_deep_down() -> None:
+    # The body object is one level; "deep" adds the rest.
+    at_limit = {"model": "m", "deep": _nested(MAX_BODY_DEPTH - 1)}
+    assert isinstance(validate_request(valid(body=at_limit), LIMITS), NewRequest)
+    over = {"model": "m", "deep": _nested(MAX_BODY_DEPTH)}
+    assert isinstance(validate_request(valid(body=over), LIMITS), list)
+    nul = {"model": "m", "deep": _nested(MAX_BODY_DEPTH - 2, {"k\u0000": "v"})}
+    errors = validate_request(valid(body=nul), LIMITS)
+    assert isinstance(errors, list) and "NUL" in errors[0]["detail"]
+
+
+def test_deep_nesting_is_reported_with_the_other_errors() -> None:
+    errors = validate_request(valid(method="GET", body={"model": "m", "deep": _nested(400)}), LIMITS)
+    assert isinstance(errors, list)
+    assert {e["source"]["pointer"] for e in errors} == {"/method", "/body"}

@@ -315,3 +315,91 @@ def test_one_unstorable_item_does_not_fail_the_whole_call(
     assert fetch_row(shared_api.db_url, "bulk-survivor-2") is not None
     assert fetch_row(shared_api.db_url, "bulk-url-list") is None
     assert fetch_row(shared_api.db_url, "bulk-nul-queue") is None
+
+
+def _raw_item(custom_id: bytes, body: bytes = b'{"model":"gpt-4o-mini","input":"hi"}') -> bytes:
+    return (
+        b'{"custom_id":"%b","url":"/v1/responses","method":"POST","body":%b,'
+        b'"delivery_config":{"type":"webhook","webhook_url":"https://e.example.com/h"}}' % (custom_id, body)
+    )
+
+
+def _deep(depth: int, sep: bytes = b"") -> bytes:
+    return b'{"model":"gpt-4o-mini","deep":%b}' % ((b"[" + sep) * depth + (b"]" + sep) * depth)
+
+
+def _bad_items(prefix: str, pretty: bool) -> list[bytes]:
+    """Invalid UTF-8 in strings, and bodies nested too deeply; each must be invalid in its place."""
+    sep = b"\n" if pretty else b""
+    p = prefix.encode()
+    return [
+        _raw_item(p + b"-utf8-\xff"),
+        _raw_item(p + b"-utf8-body", b'{"model":"gpt-4o-mini","input":"\xff"}'),
+        _raw_item(p + b"-deep-400", _deep(400, sep)),
+        _raw_item(p + b"-deep-5000", _deep(5000)),
+        _raw_item(p + b"-deep-5000-pretty", _deep(5000, sep)),
+    ]
+
+
+@pytest.mark.parametrize("ndjson", [False, True], ids=["array", "ndjson"])
+def test_undecodable_and_too_deep_items_are_invalid_in_place_and_the_rest_is_stored(
+    shared_client: httpx.Client, shared_api: SharedApi, ndjson: bool
+) -> None:
+    prefix = "nd" if ndjson else "arr"
+    bad = _bad_items(f"{prefix}-bad", pretty=not ndjson)  # an NDJSON line cannot hold a line break
+    good = [json.dumps(valid_request(f"{prefix}-good-{i}")).encode() for i in range(3)]
+    items = [good[0], *bad[:2], good[1], *bad[2:], good[2]]
+    if ndjson:
+        resp = shared_client.post("/api/requests/bulk", content=b"\n".join(items) + b"\n", headers=NDJSON)
+    else:
+        raw = b"[\n  " + b",\n  ".join(items) + b"\n]"
+        resp = shared_client.post(
+            "/api/requests/bulk", content=raw, headers={"content-type": "application/json"}
+        )
+    assert resp.status_code == 200, resp.text[:500]
+    data = resp.json()
+    results = _results_ok(data, len(items))
+    assert [r["status"] for r in results] == ["accepted", "invalid", "invalid", "accepted"] + [
+        "invalid"
+    ] * 3 + ["accepted"]
+    assert [_pointers(r) for r in results[1:3]] == [["/1"], ["/2"]]
+    assert [r["errors"][0]["code"] for r in results[1:3]] == ["invalid_json", "invalid_json"]
+    assert _pointers(results[4]) == ["/4/body"]
+    assert "nested too deeply" in results[4]["errors"][0]["detail"]
+    for r in results[5:7]:
+        detail = r["errors"][0]["detail"]
+        assert "nested too deeply" in detail or "depth exceeded" in detail, detail
+    for i in range(3):
+        assert fetch_row(shared_api.db_url, f"{prefix}-good-{i}") is not None
+    assert fetch_row(shared_api.db_url, f"{prefix}-bad-utf8-body") is None
+    assert fetch_row(shared_api.db_url, f"{prefix}-bad-deep-400") is None
+
+
+def test_bulk_array_of_one_too_deep_item_reports_it_invalid(shared_client: httpx.Client) -> None:
+    raw = b"[" * 5000 + b"]" * 5000
+    resp = shared_client.post("/api/requests/bulk", content=raw, headers={"content-type": "application/json"})
+    assert resp.status_code == 200, resp.text[:300]
+    results = _results_ok(resp.json(), 1)
+    assert results[0]["status"] == "invalid"
+    assert _pointers(results[0]) == ["/0"]
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [b'{"a":' * 3000 + b"1" + b"}" * 3000, b"[" * 5000, b"[" * 5000 + b"]" * 5000 + b"x"],
+    ids=["deep-object", "unclosed", "trailing-garbage"],
+)
+def test_bulk_body_nested_too_deeply_and_not_an_array_answers_422(
+    shared_client: httpx.Client, raw: bytes
+) -> None:
+    resp = shared_client.post("/api/requests/bulk", content=raw, headers={"content-type": "application/json"})
+    errors = assert_error(resp, 422, "invalid_json", "/")
+    assert "depth exceeded" in errors[0]["detail"]
+
+
+def test_bulk_array_that_is_broken_json_after_a_deep_item_answers_422_invalid_json(
+    shared_client: httpx.Client,
+) -> None:
+    raw = b"[" + _raw_item(b"deep-then-broken", _deep(5000)) + b', {"unterminated": "x]'
+    resp = shared_client.post("/api/requests/bulk", content=raw, headers={"content-type": "application/json"})
+    assert_error(resp, 422, "invalid_json", "/")

@@ -263,6 +263,67 @@ def test_lone_surrogate_escapes_are_a_client_error_not_a_500(
         assert fetch_row(shared_api.db_url, custom_id) is None
 
 
+def _raw_request(custom_id: bytes, body: bytes = b'{"model":"gpt-4o-mini","input":"hi"}') -> bytes:
+    return (
+        b'{"custom_id":"%b","url":"/v1/responses","method":"POST","body":%b,'
+        b'"delivery_config":{"type":"webhook","webhook_url":"https://e.example.com/h"}}' % (custom_id, body)
+    )
+
+
+def _deep_body(depth: int, pretty: bool) -> bytes:
+    """A body whose "deep" field nests ``depth`` arrays; pretty-printed bodies hold line breaks."""
+    sep = b"\n  " if pretty else b""
+    return b'{"model":"gpt-4o-mini",%b"deep":%b}' % (sep, (b"[" + sep) * depth + (b"]" + sep) * depth)
+
+
+@pytest.mark.parametrize(
+    ("custom_id", "raw"),
+    [
+        (None, _raw_request(b"utf8-\xff")),
+        (None, _raw_request(b"utf8-\xc3")),
+        ("utf8-body", _raw_request(b"utf8-body", b'{"model":"gpt-4o-mini","input":"\xff\xfe"}')),
+        ("utf8-unknown", _raw_request(b"utf8-unknown", b'{"model":"gpt-4o-mini","x_\xff":1}')),
+    ],
+    ids=["custom_id", "custom_id-truncated", "body-input", "body-unknown-key"],
+)
+def test_invalid_utf8_inside_a_string_answers_422_invalid_json(
+    shared_client: httpx.Client, shared_api: SharedApi, custom_id: str | None, raw: bytes
+) -> None:
+    resp = shared_client.post("/api/requests", content=raw, headers={"content-type": "application/json"})
+    errors = assert_error(resp, 422, "invalid_json", "/")
+    assert "UTF-8" in errors[0]["detail"]
+    if custom_id is not None:
+        assert fetch_row(shared_api.db_url, custom_id) is None
+
+
+@pytest.mark.parametrize(
+    ("depth", "pretty"),
+    [(400, True), (400, False), (1000, True), (5000, False), (5000, True)],
+    ids=["400-pretty", "400-compact", "1000-pretty", "5000-compact", "5000-pretty"],
+)
+def test_deeply_nested_body_answers_422_not_500(
+    shared_client: httpx.Client, shared_api: SharedApi, depth: int, pretty: bool
+) -> None:
+    custom_id = f"deep-{depth}-{pretty}"
+    raw = _raw_request(custom_id.encode(), _deep_body(depth, pretty))
+    resp = shared_client.post("/api/requests", content=raw, headers={"content-type": "application/json"})
+    errors = error_items(resp, 422)
+    assert len(errors) == 1
+    detail = errors[0]["detail"]
+    assert "nested too deeply" in detail or "depth exceeded" in detail, detail
+    assert fetch_row(shared_api.db_url, custom_id) is None
+
+
+def test_moderately_nested_pretty_body_is_accepted(
+    shared_client: httpx.Client, shared_api: SharedApi
+) -> None:
+    raw = _raw_request(b"deep-ok", _deep_body(60, pretty=True))
+    resp = shared_client.post("/api/requests", content=raw, headers={"content-type": "application/json"})
+    assert resp.status_code == 202, resp.text
+    row = fetch_row(shared_api.db_url, "deep-ok")
+    assert row is not None and "\n" not in row["payload"]
+
+
 # ---------------------------------------------------------------------------------------------------
 # Duplicates
 
