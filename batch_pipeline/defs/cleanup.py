@@ -2,9 +2,43 @@
 
 import dagster as dg
 
-from batch_pipeline.cleanup import delete_expired, delete_openai_files
+from batch_pipeline.cleanup import (
+    Connect,
+    delete_expired,
+    delete_old_webhook_events,
+    delete_openai_files,
+    orphan_keys,
+)
 from batch_pipeline.defs.partitions import batch_partitions
 from batch_pipeline.defs.resources import OpenAIResource, PipelineSettingsResource, PostgresResource
+
+# Keys looked up in the app database per query, and partitions deleted per run at most (Dagster
+# deletes them one by one; a backlog, e.g. after a mass delete, drains over a few runs).
+PARTITION_CHUNK = 1000
+MAX_PARTITION_DELETES = 10_000
+
+
+def remove_orphan_partitions(
+    instance: dg.DagsterInstance,
+    connect: Connect,
+    chunk: int = PARTITION_CHUNK,
+    limit: int = MAX_PARTITION_DELETES,
+) -> int:
+    """Delete every ``batches`` partition whose batch row is gone; returns how many.
+
+    A reconciliation rather than "the ids this run deleted": batches also go through
+    DELETE /api/batches/{id}, and a run may crash between its SQL delete and the partition delete.
+    Safe against new batches: their rows are committed before the sensors add their partitions.
+    """
+    keys = list(instance.get_dynamic_partitions(batch_partitions.name))
+    removed = 0
+    for start in range(0, len(keys), chunk):
+        for key in orphan_keys(connect, keys[start : start + chunk]):
+            if removed >= limit:
+                return removed
+            instance.delete_dynamic_partition(batch_partitions.name, key)
+            removed += 1
+    return removed
 
 
 @dg.op
@@ -14,16 +48,17 @@ def clean_up(
     openai: OpenAIResource,
     pipeline: PipelineSettingsResource,
 ) -> None:
-    if pipeline.openai_delete_files:
-        deleted = delete_openai_files(postgres.connect, openai.client())
+    client = openai.client() if pipeline.openai_delete_files else None
+    if client is not None:
+        deleted = delete_openai_files(postgres.connect, client)
         context.log.info("deleted the OpenAI files of %s batches", deleted)
-    expired = delete_expired(postgres.connect, pipeline.retention_days)
-    # Keep the partition list (the UI's list of batches) as long as the data, not longer.
-    existing = set(context.instance.get_dynamic_partitions(batch_partitions.name))
-    for batch_id in expired:
-        if str(batch_id) in existing:
-            context.instance.delete_dynamic_partition(batch_partitions.name, str(batch_id))
+    # With file deletion on, retention deletes any files still left before the row (none orphaned).
+    expired = delete_expired(postgres.connect, pipeline.retention_days, client)
     context.log.info("deleted %s batches past %s days of retention", len(expired), pipeline.retention_days)
+    delete_old_webhook_events(postgres.connect)
+    # Keep the partition list (the UI's list of batches) as long as the data, not longer.
+    removed = remove_orphan_partitions(context.instance, postgres.connect)
+    context.log.info("deleted %s partitions of batches that no longer exist", removed)
 
 
 @dg.job(executor_def=dg.in_process_executor, description="Delete OpenAI files and data past retention.")

@@ -77,12 +77,16 @@ FROM batchman.requests WHERE batch_id = %s
 """
 
 # A conditional batch transition with its audit row, in one statement; no row back: not moved.
+# Entering a final delivery state (DELIVERY_DONE_STATES) records completed_at, which retention counts
+# from; the first completion is kept, so a redelivery does not restart the retention period.
 TRANSITION = """
 WITH old AS (
     SELECT id, state FROM batchman.batches
     WHERE id = %(batch_id)s AND state = ANY(%(from_states)s) FOR UPDATE
 ), moved AS (
-    UPDATE batchman.batches b SET state = %(to_state)s, updated_at = now()
+    UPDATE batchman.batches b SET state = %(to_state)s, updated_at = now(),
+        completed_at = CASE WHEN %(to_state)s IN ('delivered', 'partially_delivered', 'delivery_failed')
+                            THEN coalesce(b.completed_at, now()) ELSE b.completed_at END
     FROM old WHERE b.id = old.id
     RETURNING b.id, old.state AS from_state
 )
