@@ -139,6 +139,19 @@ class Settings(BaseSettings):
     def _empty_is_unset(cls, value: object) -> object:
         return None if value == "" else value
 
+    @field_validator("webhook_signing_secret")
+    @classmethod
+    def _signing_secret_decodes(cls, value: SecretStr | None) -> SecretStr | None:
+        # Checked at start: a bad secret would otherwise fail every delivery run, over and over.
+        if value is not None:
+            from batch_pipeline.delivery.signing import SigningSecretError, decode_secret
+
+            try:
+                decode_secret(value.get_secret_value())
+            except SigningSecretError as exc:
+                raise ValueError(str(exc).removeprefix("WEBHOOK_SIGNING_SECRET ")) from None
+        return value
+
     @field_validator("dagster_database_url", mode="before")
     @classmethod
     def _dagster_url(cls, value: str | None) -> str | None:

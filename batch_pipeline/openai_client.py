@@ -61,12 +61,17 @@ def upload_input_file(client: openai.OpenAI, batch_id: int, path: Path) -> FileO
         return client.files.create(file=(input_file_name(batch_id), fh, "application/jsonl"), purpose="batch")
 
 
+# A batch of ours that OpenAI ended this way is from an earlier attempt (e.g. before a token-limit
+# backoff), never one a crash left running: adopting it would skip the new attempt.
+NOT_ADOPTABLE = frozenset({"failed", "expired", "cancelling", "cancelled"})
+
+
 def find_batch(client: openai.OpenAI, batch_id: int) -> Batch | None:
     """An OpenAI batch created for our batch before a crash (matched by metadata), if any."""
     page = client.batches.list(limit=100)
     for _ in range(RECONCILE_PAGES):
         for b in page.data:
-            if (b.metadata or {}).get(METADATA_KEY) == str(batch_id):
+            if (b.metadata or {}).get(METADATA_KEY) == str(batch_id) and b.status not in NOT_ADOPTABLE:
                 return b
         if not page.has_next_page():
             break

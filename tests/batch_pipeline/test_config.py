@@ -137,3 +137,13 @@ def test_env_example_lists_every_setting_and_loads_as_is(tmp_path) -> None:
     assert {n for n in wanted if f"`{n}`" not in readme} == set()
     load_settings(_env_file=example, data_dir=tmp_path)  # nothing in it is refused
     SimulatorSettings(_env_file=example)
+
+
+@pytest.mark.parametrize("secret", ["whsec_not*base64", "whsec_c2hvcnQ="])
+def test_a_bad_signing_secret_stops_the_start_without_showing_it(
+    secret: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("WEBHOOK_SIGNING_SECRET", secret)
+    with pytest.raises(ConfigError, match="WEBHOOK_SIGNING_SECRET") as err:
+        settings()
+    assert secret not in str(err.value)
