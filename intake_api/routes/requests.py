@@ -8,6 +8,7 @@ from typing import Annotated
 import orjson
 from fastapi import APIRouter, Depends, Query, Request, Response
 
+from batch_pipeline.batch_admin import REQUEST_STATES
 from batch_pipeline.intake import TooManyItems
 from batch_pipeline.store import requests as store
 from intake_api.body import is_ndjson, read_limited, split_array, stream_ndjson
@@ -110,6 +111,9 @@ async def list_requests(
             raise ApiError(
                 422, "validation_error", "Invalid value", f"{name} must not contain NUL", f"/{name}"
             )
+    if state is not None and state not in REQUEST_STATES:
+        detail = f"state must be one of {', '.join(REQUEST_STATES)}"
+        raise ApiError(422, "validation_error", "Invalid value", detail, "/state")
     flt = store.RequestFilter(state=state, batch_id=batch_id, model=model, url=url, search=q)
     rows = await store.list_requests(conn, flt, limit + 1, before)
     page = rows[:limit]
