@@ -7,7 +7,9 @@ Decisions, per message, only after the batch is committed:
 - not JSON, invalid, too large → ``basic_reject(requeue=False)`` with the reason logged; the broker
   dead-letters it when the queue has a DLX. Never requeued: a poison message cannot loop;
 - the database is unreachable → the batch is requeued and we back off (1 s doubling to 30 s).
-The queue is never declared (it must exist). Connection loss → reconnect with the same backoff.
+The queue is never declared (it must exist). Connection loss or a missing queue → reconnect with the
+same backoff, which starts over only after real progress (the broker registered our consumer, or a
+batch was stored), so a missing queue is retried 1 s, 2 s, 4 s … 30 s apart, not every second.
 SIGTERM/SIGINT stop cleanly: the batch in hand is finished, unacked prefetched messages are requeued.
 """
 
@@ -18,7 +20,7 @@ import json
 import logging
 import signal
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import pika
@@ -44,7 +46,12 @@ class Message:
 
 class IntakeConsumer:
     def __init__(
-        self, settings: Settings, dsn: str, url: str | None = None, queue: str | None = None
+        self,
+        settings: Settings,
+        dsn: str,
+        url: str | None = None,
+        queue: str | None = None,
+        sleep: Callable[[float], object] | None = None,
     ) -> None:
         self.url = url or settings.rabbitmq_url
         self.queue = queue or settings.rabbitmq_input_queue
@@ -59,6 +66,8 @@ class IntakeConsumer:
         self._runner = asyncio.Runner()
         self._db: psycopg.AsyncConnection | None = None
         self._backoff = BACKOFF_START
+        # Waits between reconnects; returns early on stop(). Injectable so tests need not sleep.
+        self._sleep = sleep or self._stop.wait
 
     def stop(self) -> None:
         """Ask the consumer to finish the batch in hand and return (thread-safe, signal-safe)."""
@@ -147,10 +156,21 @@ class IntakeConsumer:
         try:
             channel = conn.channel()
             channel.basic_qos(prefetch_count=self.prefetch)
-            log.info("consuming %s (prefetch %d, batches of %d)", self.queue, self.prefetch, self.batch_size)
-            self._backoff = BACKOFF_START
             batch: list[Message] = []
+            registered = False
             for method, _props, body in channel.consume(self.queue, inactivity_timeout=FLUSH_SECONDS):
+                if not registered:
+                    # The first event means basic.consume succeeded (a missing queue raises before
+                    # any): only now is the backoff reset. Resetting when the connection opened made
+                    # a missing queue spin at 1 s forever.
+                    registered = True
+                    self._backoff = BACKOFF_START
+                    log.info(
+                        "consuming %s (prefetch %d, batches of %d)",
+                        self.queue,
+                        self.prefetch,
+                        self.batch_size,
+                    )
                 if method is not None:
                     batch.append(Message(method.delivery_tag, body))
                 if batch and (method is None or len(batch) >= self.batch_size):
@@ -173,7 +193,7 @@ class IntakeConsumer:
                     if self._stop.is_set():
                         break
                     log.warning("RabbitMQ intake: %r; reconnecting in %.0f s", exc, self._backoff)
-                    self._stop.wait(self._backoff)
+                    self._sleep(self._backoff)
                     self._backoff = min(self._backoff * 2, BACKOFF_MAX)
         finally:
             if self._db is not None:

@@ -21,7 +21,7 @@ import psycopg
 from batch_pipeline.config import Settings
 from batch_pipeline.delivery.attempt import OTHER, RABBITMQ_NOT_CONFIGURED, Attempt, Delivery
 from batch_pipeline.delivery.backoff import next_delay
-from batch_pipeline.delivery.rabbitmq import RabbitPublisher
+from batch_pipeline.delivery.rabbitmq import RECONNECT_SECONDS, RabbitPublisher
 from batch_pipeline.delivery.ssrf import EgressPolicy
 from batch_pipeline.delivery.webhook import WebhookOptions, WebhookSender
 from batch_pipeline.store import deliveries as store
@@ -35,6 +35,7 @@ class DeliveryOptions:
     rabbitmq_url: str | None = None
     rabbitmq_window: int = 1000
     rabbitmq_confirm_timeout: float = 30.0
+    rabbitmq_reconnect_seconds: float = RECONNECT_SECONDS  # one broker outage ridden out per run
     schedule: tuple[float, ...] = (5, 300, 1800, 7200, 18000, 36000, 36000)
     jitter: float = 0.2
     disable_retry: bool = False
@@ -100,7 +101,12 @@ class _Transports:
         self.opts = opts
         self.webhooks = WebhookSender(opts.webhook)
         self.publisher = (
-            RabbitPublisher(opts.rabbitmq_url, opts.rabbitmq_window, opts.rabbitmq_confirm_timeout)
+            RabbitPublisher(
+                opts.rabbitmq_url,
+                opts.rabbitmq_window,
+                opts.rabbitmq_confirm_timeout,
+                reconnect_seconds=opts.rabbitmq_reconnect_seconds,
+            )
             if opts.rabbitmq_url
             else None
         )

@@ -9,6 +9,11 @@ The service never declares queues. A message to a missing queue is unroutable: w
 broker returns it (``basic.return``) and then acks it, which we record as ``queue_not_found`` — no
 passive declare per publish, no channel closed by a 404. On connection loss the unconfirmed messages
 are published again on a new connection (at-least-once; consumers dedupe on ``message_id``).
+
+Reconnecting is bounded by time, not by a count of tries: one outage is ridden out for up to
+``reconnect_seconds`` (default ``RECONNECT_SECONDS``), retrying 0.2 s, 0.4 s, 0.8 s … then every 5 s.
+Past that the chunk in hand fails with ``connection_error`` (retried on the schedule); each later
+chunk of the run tries to connect once, so the run goes on as soon as the broker is back.
 """
 
 from __future__ import annotations
@@ -34,7 +39,8 @@ from batch_pipeline.delivery.attempt import (
 
 log = logging.getLogger(__name__)
 
-RECONNECT_DELAYS = (0.2, 0.5, 1.0, 2.0, 5.0)  # one run rides out a broker restart of ~10 s
+RECONNECT_SECONDS = 60.0  # how long one outage is ridden out before the chunk in hand fails
+RECONNECT_DELAY_START, RECONNECT_DELAY_MAX = 0.2, 5.0  # capped exponential backoff between tries
 
 
 def properties(d: Delivery) -> pika.BasicProperties:
@@ -80,12 +86,19 @@ class _Batch:
 
 
 class RabbitPublisher:
-    def __init__(self, url: str, window: int = 1000, confirm_timeout: float = 30.0) -> None:
+    def __init__(
+        self,
+        url: str,
+        window: int = 1000,
+        confirm_timeout: float = 30.0,
+        reconnect_seconds: float = RECONNECT_SECONDS,
+    ) -> None:
         self.params = pika.URLParameters(url)
         self.params.blocked_connection_timeout = confirm_timeout
         self.params.connection_attempts = 1
         self.window = window
         self.confirm_timeout = confirm_timeout
+        self.reconnect_seconds = reconnect_seconds
         self.reconnects = 0  # connections lost and re-established, for logs and tests
         self._conn: SelectConnection | None = None
         self._channel = None
@@ -93,8 +106,9 @@ class RabbitPublisher:
         self._tag = 0
         self._error: str | None = None
         self._watch_gen = 0
-        # Set when reconnecting failed for good: the rest of the run fails fast instead of waiting
-        # out the reconnect delays once per chunk. The retry schedule takes it from there.
+        # Set when an outage outlasted ``reconnect_seconds``: later chunks try to connect once (no
+        # backoff) instead of waiting out the whole budget again each; cleared by the next channel that
+        # opens. What failed meanwhile is retried on the schedule.
         self.unavailable: str | None = None
 
     # --- connection lifecycle (all callbacks run inside ioloop.start()) ---------------------------
@@ -134,6 +148,7 @@ class RabbitPublisher:
 
     def _ready(self, channel) -> None:
         self._channel = channel
+        self.unavailable = None
         self._tag = 0
         self._pump()
 
@@ -202,9 +217,10 @@ class RabbitPublisher:
     def publish_batch(self, deliveries: Sequence[Delivery]) -> list[Attempt]:
         """Publish every delivery and wait for its confirm; one ``Attempt`` per delivery, in order."""
         batch = self._batch = _Batch(deliveries)
-        if self.unavailable:
-            batch.fail_rest(CONNECTION_ERROR, self.unavailable)
-        failures, finished = 0, 0
+        # While the broker is known to be away, one try per chunk; otherwise the whole budget.
+        budget = 0.0 if self.unavailable else self.reconnect_seconds
+        outage_since: float | None = None  # when the current run of failed connections began
+        delay, finished = RECONNECT_DELAY_START, 0
         try:
             while not batch.done:
                 if self._conn is None or self._conn.is_closed:
@@ -226,16 +242,27 @@ class RabbitPublisher:
                 batch.pending.extendleft(reversed(sorted(batch.in_flight.values())))
                 batch.in_flight.clear()
                 batch.returned.clear()
+                now = time.monotonic()
                 now_finished = sum(r is not None for r in batch.results)
-                if now_finished > finished:  # progress since the last loss: a fresh set of tries
-                    failures, finished = 0, now_finished
-                if failures >= len(RECONNECT_DELAYS):
+                if now_finished > finished:  # progress since the last loss: a new outage starts now
+                    finished, outage_since, delay = now_finished, None, RECONNECT_DELAY_START
+                if self.unavailable is None:  # not (or no longer: a channel opened) known to be away
+                    budget = self.reconnect_seconds
+                if outage_since is None:
+                    outage_since = now
+                if now - outage_since + delay > budget:
                     self.unavailable = self._error or "RabbitMQ unavailable"
+                    log.warning(
+                        "RabbitMQ %s; gave up after %.1f s, %d messages of this chunk fail",
+                        self.unavailable,
+                        now - outage_since,
+                        len(batch.pending),
+                    )
                     batch.fail_rest(CONNECTION_ERROR, self.unavailable)
                     break
-                log.warning("RabbitMQ %s; reconnecting in %.1f s", self._error, RECONNECT_DELAYS[failures])
-                time.sleep(RECONNECT_DELAYS[failures])
-                failures += 1
+                log.warning("RabbitMQ %s; reconnecting in %.1f s", self._error, delay)
+                time.sleep(delay)
+                delay = min(delay * 2, RECONNECT_DELAY_MAX)
                 self.reconnects += 1
                 self._close_now()
                 batch.last_progress = time.monotonic()

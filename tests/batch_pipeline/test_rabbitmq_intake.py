@@ -144,3 +144,66 @@ def test_main_stops_cleanly_on_sigterm(tmp_path, db_url, rabbitmq_url, queues) -
         if proc.poll() is None:
             proc.kill()
     assert queue_depth(rabbitmq_url, q) == 0
+
+
+class RecordedWaits:
+    """Stands in for the consumer's reconnect wait: records each wait instead of sleeping through it
+    (a short real pause keeps the retry loop from hammering the broker) and stops after ``stop_after``.
+    """
+
+    def __init__(self, stop_after: int | None = None) -> None:
+        self.waits: list[float] = []
+        self.stop_after = stop_after
+        self.consumer: IntakeConsumer | None = None
+
+    def __call__(self, seconds: float) -> None:
+        self.waits.append(seconds)
+        if self.stop_after is not None and len(self.waits) >= self.stop_after and self.consumer:
+            self.consumer.stop()
+        time.sleep(0.02)
+
+
+@pytest.mark.rabbitmq
+def test_missing_queue_is_retried_with_growing_waits(tmp_path, db_url, rabbitmq_url) -> None:
+    import uuid
+
+    waits = RecordedWaits(stop_after=7)
+    s = make_settings(tmp_path, database_url=db_url)
+    consumer = IntakeConsumer(
+        s, db_url, url=rabbitmq_url, queue=f"batchman-missing-{uuid.uuid4().hex[:10]}", sleep=waits
+    )
+    waits.consumer = consumer
+    with running(consumer):
+        wait_for(lambda: len(waits.waits) >= 7)
+    # Each 404 doubles the wait up to the cap; it used to be reset on every successful connect.
+    assert waits.waits[:7] == [1.0, 2.0, 4.0, 8.0, 16.0, 30.0, 30.0]
+
+
+@pytest.mark.rabbitmq
+def test_backoff_starts_over_once_the_queue_appears(tmp_path, db_url, rabbitmq_url) -> None:
+    import uuid
+
+    name = f"batchman-late-{uuid.uuid4().hex[:10]}"
+    waits = RecordedWaits()
+    proxy = TcpProxy(urlsplit(rabbitmq_url).port or 5672)
+    s = make_settings(tmp_path, database_url=db_url, rabbitmq_intake_batch_size=4)
+    consumer = IntakeConsumer(s, db_url, url=proxy.url(rabbitmq_url), queue=name, sleep=waits)
+    try:
+        with running(consumer) as c:
+            wait_for(lambda: len(waits.waits) >= 3)  # the queue does not exist yet
+            with contextlib.closing(pika.BlockingConnection(pika.URLParameters(rabbitmq_url))) as conn:
+                conn.channel().queue_declare(name, durable=True)
+            publish(rabbitmq_url, name, [json.dumps(valid_request("late-1")).encode()])
+            wait_for(lambda: c.counts["accepted"] == 1)
+            before = len(waits.waits)
+            proxy.cut()  # progress was made: the next outage starts from the first step again
+            wait_for(lambda: len(waits.waits) > before)
+            publish(rabbitmq_url, name, [json.dumps(valid_request("late-2")).encode()])
+            wait_for(lambda: c.counts["accepted"] == 2)
+    finally:
+        proxy.close()
+        with contextlib.closing(pika.BlockingConnection(pika.URLParameters(rabbitmq_url))) as conn:
+            conn.channel().queue_delete(name)
+    assert waits.waits[:3] == [1.0, 2.0, 4.0]
+    assert waits.waits[before] == 1.0
+    assert count_rows(db_url) == 2

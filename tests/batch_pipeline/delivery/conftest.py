@@ -46,6 +46,7 @@ class Receiver:
     behave: Behave = ok
     hits: dict[str, list[Hit]] = field(default_factory=lambda: defaultdict(list))
     port: int = 0
+    hang_seconds: float = 30.0  # how long a "hang" answer keeps the request open
 
     @property
     def url(self) -> str:
@@ -58,7 +59,7 @@ class Receiver:
         self.hits[rid].append(Hit(dict(req.headers), body))
         answer = self.behave(seen, req)
         if answer == "hang":
-            await asyncio.sleep(30)
+            await asyncio.sleep(self.hang_seconds)
             return web.Response(status=200)
         status, headers = answer
         return web.Response(status=status, headers=headers, text=f"answer {status}")
@@ -210,20 +211,43 @@ class TcpProxy:
     restart or a network drop would; new connections after the cut go through normally.
 
     ``cut_after_bytes``: cut once, as soon as that many client→broker bytes have passed.
+    ``down_for``: that cut (or ``down()``) also keeps the proxy down for this many seconds: every new
+    connection is reset at once (like a refused connect), counted in ``refused``.
     """
 
-    def __init__(self, upstream_port: int, cut_after_bytes: int | None = None) -> None:
+    def __init__(self, upstream_port: int, cut_after_bytes: int | None = None, down_for: float = 0.0) -> None:
         import socket
 
         self.upstream_port = upstream_port
         self.cut_after_bytes = cut_after_bytes
+        self.down_for = down_for
         self.cuts = 0
+        self.refused = 0
+        self.accepted = 0
+        self._down_until = 0.0
         self._sent = 0
         self._socks: list[Any] = []
         self._lock = threading.Lock()
         self._listener = socket.create_server(("127.0.0.1", 0))
         self.port = self._listener.getsockname()[1]
         threading.Thread(target=self._accept, daemon=True).start()
+
+    @property
+    def is_down(self) -> bool:
+        import time
+
+        return time.monotonic() < self._down_until
+
+    def down(self, seconds: float) -> None:
+        """Cut every connection and refuse new ones for ``seconds``."""
+        import time
+
+        self._down_until = time.monotonic() + seconds
+        self.cut()
+
+    def up(self) -> None:
+        """End a ``down()`` early: new connections go through again."""
+        self._down_until = 0.0
 
     def url(self, rabbitmq_url: str) -> str:
         from urllib.parse import urlsplit, urlunsplit
@@ -235,14 +259,22 @@ class TcpProxy:
 
     def _accept(self) -> None:
         import socket
+        import struct
 
         while True:
             try:
                 client, _ = self._listener.accept()
             except OSError:
                 return
+            if self.is_down:
+                # RST instead of FIN: the client sees its connect fail at once, as with a refusal.
+                client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                client.close()
+                self.refused += 1
+                continue
             upstream = socket.create_connection(("127.0.0.1", self.upstream_port))
             with self._lock:
+                self.accepted += 1
                 self._socks += [client, upstream]
             threading.Thread(target=self._pump, args=(client, upstream, True), daemon=True).start()
             threading.Thread(target=self._pump, args=(upstream, client, False), daemon=True).start()
@@ -257,7 +289,7 @@ class TcpProxy:
                         cut = self._sent >= self.cut_after_bytes
                     if cut:
                         self.cut_after_bytes = None
-                        self.cut()
+                        self.down(self.down_for)
                         return
         except OSError:
             pass
@@ -267,11 +299,15 @@ class TcpProxy:
                     s.close()
 
     def cut(self) -> None:
+        with self._lock:
+            self.cuts += 1
+        self._drop_all()
+
+    def _drop_all(self) -> None:
         import socket
 
         with self._lock:
             socks, self._socks = self._socks, []
-            self.cuts += 1
         for s in socks:
             with contextlib.suppress(OSError):
                 s.shutdown(socket.SHUT_RDWR)
@@ -280,7 +316,7 @@ class TcpProxy:
 
     def close(self) -> None:
         self._listener.close()
-        self.cut()
+        self._drop_all()
 
 
 def queue_maker(rabbitmq_url: str) -> Iterator[Callable[..., str]]:

@@ -1,9 +1,11 @@
-"""RabbitMQ delivery against a real broker: properties, missing queue, no URL, connection cut mid-run."""
+"""RabbitMQ delivery against a real broker: properties, missing queue, no URL, connection cut mid-run,
+a broker outage longer than a restart."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+from collections import Counter
 from urllib.parse import urlsplit
 
 from batch_pipeline.delivery.deliverer import deliver_batch
@@ -15,6 +17,7 @@ from tests.batch_pipeline.delivery.conftest import (
     options,
     requests_of,
     result_line,
+    rows,
     seed_batch,
     webhook,
 )
@@ -101,3 +104,75 @@ def test_publisher_reconnects_after_a_cut_between_batches(rabbitmq_url, queues) 
     assert {a.outcome for a in first + second} == {"success"}
     assert publisher.reconnects >= 1
     assert len({p.message_id for p, _ in drain(rabbitmq_url, q)}) == 200
+
+
+def test_a_twelve_second_outage_mid_run_is_ridden_out_in_the_same_run(db_url, rabbitmq_url, queues) -> None:
+    q = queues()
+    n = 400  # 8 chunks of 50; each message is ~380 client→broker bytes
+    batch_id, ids = seed_batch(db_url, [to_queue(q)] * n)
+    # Down after ~160 messages, for 12 s: longer than the old 5 tries (8.7 s) rode out, well inside
+    # the 60 s default. Every connect during the outage is refused.
+    proxy = TcpProxy(urlsplit(rabbitmq_url).port or 5672, cut_after_bytes=60_000, down_for=12.0)
+    try:
+        report = asyncio.run(
+            deliver_batch(db_url, batch_id, options(rabbitmq_url=proxy.url(rabbitmq_url), claim_size=50))
+        )
+    finally:
+        proxy.close()
+    # One run, one attempt per request, all successful and all recorded.
+    assert report.outcomes == Counter({"success": n}) and report.attempts == n
+    assert report.batch_state == "delivered"
+    assert proxy.cuts == 1 and proxy.refused >= 1  # the publisher really retried while it was down
+    assert proxy.accepted >= 2  # and came back on a new connection once it was up
+    assert {r["state"] for r in requests_of(db_url, batch_id)} == {"delivered"}
+    recorded = rows(
+        db_url,
+        "SELECT request_id, outcome FROM batchman.delivery_attempts WHERE request_id = ANY(%s)",
+        (ids,),
+    )
+    assert sorted(r["request_id"] for r in recorded) == ids and {r["outcome"] for r in recorded} == {
+        "success"
+    }
+
+    # Consumer side: every message_id at least once. Messages unconfirmed at the cut are published
+    # again (at-least-once), so a duplicate is allowed only as the same message: same message_id and
+    # idempotency key, same bytes.
+    messages = drain(rabbitmq_url, q)
+    per_id = Counter(props.message_id for props, _ in messages)
+    assert set(per_id) == {f"batcher:req:{rid}" for rid in ids}
+    custom = {f"batcher:req:{rid}": f"b{batch_id}-r{i}" for i, rid in enumerate(ids)}
+    for props, body in messages:
+        assert props.headers["idempotency-key"] == props.message_id
+        assert json.loads(body) == result_line(custom[props.message_id])
+    assert len(messages) - n == sum(c - 1 for c in per_id.values())  # the duplicates, if any
+
+
+def test_after_giving_up_later_chunks_go_through_once_the_broker_is_back(rabbitmq_url, queues) -> None:
+    from batch_pipeline.delivery.attempt import Delivery
+
+    q = queues()
+    proxy = TcpProxy(urlsplit(rabbitmq_url).port or 5672)
+    publisher = RabbitPublisher(proxy.url(rabbitmq_url), window=50, reconnect_seconds=0.5)
+
+    def chunk(start: int) -> list:
+        return publisher.publish_batch(
+            [Delivery(i, f"c{i}", to_queue(q), b"{}") for i in range(start, start + 20)]
+        )
+
+    try:
+        assert {a.outcome for a in chunk(0)} == {"success"}
+        proxy.down(float("inf"))  # down until up(): no race against the budget
+        given_up = chunk(100)  # rides out the 0.5 s budget, then fails
+        refused = proxy.refused
+        still_down = chunk(200)  # one try, no second wait of the budget
+        proxy.up()
+        back = chunk(300)
+    finally:
+        publisher.close()
+        proxy.close()
+    assert {(a.outcome, a.transient) for a in given_up + still_down} == {("connection_error", True)}
+    assert refused >= 1 and proxy.refused == refused + 1  # the chunk after giving up tried once
+    assert {a.outcome for a in back} == {"success"}
+    assert publisher.unavailable is None
+    ids = {p.message_id for p, _ in drain(rabbitmq_url, q)}
+    assert ids == {f"batcher:req:{i}" for i in [*range(20), *range(300, 320)]}
