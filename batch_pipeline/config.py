@@ -176,6 +176,20 @@ class Settings(BaseSettings):
                     object.__setattr__(self, name, value)
         return self
 
+    @model_validator(mode="after")
+    def _lease_outlasts_two_chunks(self) -> Settings:
+        # A delivery run sends one chunk while holding the claim on the next, so a claim must outlast
+        # two chunks sent at their slowest; a lease that ran out mid-send would let another run send
+        # the same requests again.
+        rounds = -(-self.delivery_claim_batch_size // self.delivery_concurrency)
+        slowest = 2 * rounds * (self.webhook_connect_timeout_seconds + self.webhook_read_timeout_seconds)
+        if self.delivery_claim_lease_seconds < slowest + 60:
+            raise ValueError(
+                f"DELIVERY_CLAIM_LEASE_SECONDS must be at least {int(slowest) + 60} s with these "
+                "DELIVERY_CLAIM_BATCH_SIZE, DELIVERY_CONCURRENCY and webhook timeouts"
+            )
+        return self
+
     @property
     def openai_client_base_url(self) -> str:
         """Where the OpenAI client points: OPENAI_BASE_URL, else the simulator in simulator mode."""
@@ -232,7 +246,7 @@ def load_settings(**overrides: object) -> Settings:
     except ValidationError as exc:
         lines = []
         for err in exc.errors():
-            name = str(err["loc"][0]).upper() if err["loc"] else "?"
+            name = str(err["loc"][0]).upper() if err["loc"] else "configuration"
             shown = "***" if _SECRET_HINT.search(name) else repr(_mask_passwords(err.get("input")))
             lines.append(f"{name}: {_mask_passwords(err['msg'])} (got {shown})")
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(lines)) from None

@@ -147,3 +147,11 @@ def test_a_bad_signing_secret_stops_the_start_without_showing_it(
     with pytest.raises(ConfigError, match="WEBHOOK_SIGNING_SECRET") as err:
         settings()
     assert secret not in str(err.value)
+
+
+def test_a_claim_lease_shorter_than_two_slow_chunks_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DELIVERY_CONCURRENCY", "8")  # 500 / 8 = 63 rounds of up to 25 s, twice
+    with pytest.raises(ConfigError, match="DELIVERY_CLAIM_LEASE_SECONDS must be at least 3210 s"):
+        settings()
+    monkeypatch.setenv("DELIVERY_CLAIM_LEASE_SECONDS", "3210")
+    assert settings().delivery_claim_lease_seconds == 3210
