@@ -61,11 +61,11 @@ def create_app(settings: Settings | None = None, database_url: str | None = None
     app.include_router(batches_redeliver.router)
     app.include_router(settings_routes.router)
     app.include_router(openai_webhook.router)
-    app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
+    app.openapi = lambda: _openapi(app, settings)  # type: ignore[method-assign]
     return app
 
 
-def _openapi(app: FastAPI) -> dict:
+def _openapi(app: FastAPI, settings: Settings) -> dict:
     if app.openapi_schema is None:
         schema = get_openapi(title=app.title, version=app.version, routes=app.routes)
         components = schema.setdefault("components", {}).setdefault("schemas", {})
@@ -73,6 +73,10 @@ def _openapi(app: FastAPI) -> dict:
             generated = model.model_json_schema(ref_template="#/components/schemas/{model}")
             components.update(generated.pop("$defs", {}))
             components[model.__name__] = generated
+        # The document states the limit this server enforces (CUSTOM_ID_MAX_LENGTH), not the default.
+        custom_id = components.get("RequestInput", {}).get("properties", {}).get("custom_id")
+        if custom_id is not None:
+            custom_id["maxLength"] = settings.custom_id_max_length
         # Our error envelope replaces FastAPI's default 422 shape, so drop the unused defaults.
         for name in ("HTTPValidationError", "ValidationError"):
             components.pop(name, None)

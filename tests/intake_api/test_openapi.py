@@ -190,3 +190,13 @@ def test_every_observed_status_is_documented(tmp_path: Path, db_url: str, pg_ser
         assert not missing, (
             f"{method.upper()} {path} answers {sorted(missing)} but documents {sorted(documented)}"
         )
+
+
+def test_the_document_states_the_custom_id_limit_this_server_enforces(tmp_path: Path, db_url: str) -> None:
+    from tests.intake_api.conftest import serve, valid_request
+
+    with serve(tmp_path, db_url, custom_id_max_length=40) as client:
+        schema = client.get("/api/openapi").json()
+        assert schema["components"]["schemas"]["RequestInput"]["properties"]["custom_id"]["maxLength"] == 40
+        assert client.post("/api/requests", json=valid_request("x" * 41)).status_code == 422
+        assert client.post("/api/requests", json=valid_request("x" * 40)).status_code == 202
