@@ -10,6 +10,7 @@ import pytest
 
 from batch_pipeline.db import connect
 from batch_pipeline.results import _store, classify
+from batch_pipeline.store.requests import COPY_REQUESTS, copy_row
 from batch_pipeline.validation import Limits, validate_request
 
 
@@ -44,8 +45,8 @@ def _batch_in_flight(db_url: str, custom_ids: list[str]) -> dict:
             " VALUES ('/v1/chat/completions', 'gpt-4o-mini', 'downloading', 'completed', %s) RETURNING *",
             (len(custom_ids),),
         ).fetchone()
-        for cid in custom_ids:
-            r = validate_request(
+        rows = [
+            validate_request(
                 {
                     "custom_id": cid,
                     "url": "/v1/chat/completions",
@@ -55,21 +56,14 @@ def _batch_in_flight(db_url: str, custom_ids: list[str]) -> dict:
                 },
                 Limits(),
             )
-            conn.execute(
-                "INSERT INTO batchman.requests (custom_id, endpoint, model, payload, payload_bytes,"
-                " estimated_tokens, delivery_config, state, batch_id)"
-                " VALUES (%s, %s, %s, %s, %s, %s, %s, 'openai_processing', %s)",
-                (
-                    r.custom_id,
-                    r.url,
-                    r.model,
-                    r.payload,
-                    r.payload_bytes,
-                    r.estimated_tokens,
-                    json.dumps(r.delivery_config),
-                    batch["id"],
-                ),
-            )
+            for cid in custom_ids
+        ]
+        with conn.cursor().copy(COPY_REQUESTS) as copy:
+            for r in rows:
+                copy.write_row(copy_row(r))
+        conn.execute(
+            "UPDATE batchman.requests SET state = 'openai_processing', batch_id = %s", (batch["id"],)
+        )
         conn.commit()
     return batch
 
