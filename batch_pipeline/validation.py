@@ -40,7 +40,9 @@ class Limits:
     token_safety_factor: float = 1.1
 
 
-@dataclass(frozen=True)
+# Not frozen: a frozen dataclass sets each field through object.__setattr__, which made building one
+# the single largest cost of the intake fast path (1.4 us of 5). Treat it as read-only all the same.
+@dataclass(slots=True)
 class NewRequest:
     custom_id: str
     url: str
