@@ -22,7 +22,9 @@ import psycopg
 from psycopg import sql
 
 from batch_pipeline import openai_client as oai
+from batch_pipeline.config import DEFAULT_BATCH_MAX_BYTES
 from batch_pipeline.store import batches as store
+from batch_pipeline.store.batching import BatchLimits, fill_batch
 from batch_pipeline.store.transitions import transition
 
 log = logging.getLogger(__name__)
@@ -30,6 +32,7 @@ log = logging.getLogger(__name__)
 Connect = Callable[[], AbstractContextManager[psycopg.Connection]]
 
 CLAIMABLE = ("ready", "uploading", "uploaded", "waiting_for_capacity")
+DEFAULT_LIMITS = BatchLimits(max_requests=50_000, max_bytes=DEFAULT_BATCH_MAX_BYTES, max_age_seconds=3600)
 
 
 @dataclass(frozen=True)
@@ -88,12 +91,18 @@ def submit_batch(
     batch_id: int,
     token_limit: Callable[[str], int],
     poll_interval_seconds: int,
+    limits: BatchLimits = DEFAULT_LIMITS,
 ) -> SubmitResult:
-    """Move one batch from ``ready`` to ``openai_processing`` (or ``waiting_for_capacity``)."""
+    """Move one batch from ``ready`` to ``openai_processing`` (or ``waiting_for_capacity``).
+
+    A batch the sensor only opened is filled in the same transaction that claims it, so a batch in
+    'uploading' always holds its requests.
+    """
     with connect() as conn:
         batch = transition(conn, batch_id, ("ready",), "uploading", "upload run started")
-        if batch is None:
-            batch = store.get_batch(conn, batch_id)
+        if batch is not None and batch["request_count"] == 0:
+            fill_batch(conn, batch, limits, token_limit(batch["model"]))
+        batch = store.get_batch(conn, batch_id)
         conn.commit()
     if batch is None:
         return SubmitResult("skipped", "no such batch")

@@ -1,5 +1,6 @@
-"""The batching sensor: cut full or stale (endpoint, model) groups into batches, admit batches that
-waited for capacity, and hand each to an upload run (one per batch, keyed by its launch count)."""
+"""The batching sensor: open a batch for each full or stale (endpoint, model) group, admit batches
+that waited for capacity, and hand each to an upload run (one per batch, keyed by its launch count).
+The upload run fills its batch with the group's oldest requests (``store.batching.fill_batch``)."""
 
 from collections.abc import Callable
 
@@ -11,12 +12,11 @@ from batch_pipeline.defs.partitions import batch_partitions
 from batch_pipeline.defs.resources import PipelineSettingsResource, PostgresResource
 from batch_pipeline.model_limits import token_limit_for
 from batch_pipeline.store import batches as store
-from batch_pipeline.store.batching import BatchLimits, cut_batch, due_reason, queued_groups
+from batch_pipeline.store.batching import BatchLimits, due_reason, open_batch, queued_groups
 from batch_pipeline.store.model_limits import fetch_overrides_sync
 
-# Cutting a 50,000-request batch takes about a second; a few per tick keep the tick far from the
-# 60 s sensor deadline, and the next tick continues.
-MAX_CUTS_PER_TICK = 4
+# Opening a batch is cheap (its upload run fills it); the cap only bounds a tick after a long pause.
+MAX_OPENS_PER_TICK = 100
 MAX_RUN_REQUESTS_PER_TICK = 100
 
 
@@ -28,30 +28,22 @@ def upload_run_request(batch_id: int, launch_count: int) -> dg.RunRequest:
     )
 
 
-def cut_due_batches(
+def open_due_batches(
     conn: psycopg.Connection, pipeline: PipelineSettingsResource, limit_for: Callable[[str], int]
 ) -> list[int]:
-    """Cut one batch from every due group; repeat (a full group may hold several) up to the cap."""
+    """Open a batch for every due group that has none open; its upload run fills it. Commits."""
     limits = BatchLimits(
         pipeline.batch_max_requests, pipeline.batch_max_bytes, pipeline.batch_max_age_seconds
     )
-    cut: list[int] = []
-    while len(cut) < MAX_CUTS_PER_TICK:
-        due = [
-            (g, r) for g in queued_groups(conn, limits) if (r := due_reason(g, limits, limit_for(g.model)))
-        ]
-        if not due:
-            break
-        before = len(cut)
-        for group, reason in due[: MAX_CUTS_PER_TICK - len(cut)]:
-            row = cut_batch(conn, group.endpoint, group.model, limits, limit_for(group.model), reason)
-            if row is not None:
-                cut.append(row["id"])
-        if len(cut) == before:
-            # Nothing fitted: the oldest request alone exceeds a limit lowered after it was accepted.
-            # It stays queued (visible in the API) until the limit is raised again.
-            break
-    return cut
+    opened: list[int] = []
+    for group in queued_groups(conn, limits):
+        reason = due_reason(group, limits, limit_for(group.model))
+        if reason and len(opened) < MAX_OPENS_PER_TICK:
+            batch_id = open_batch(conn, group.endpoint, group.model, reason)
+            if batch_id is not None:
+                opened.append(batch_id)
+    conn.commit()
+    return opened
 
 
 def make_batching_sensor(upload_job: dg.JobDefinition, interval_seconds: int) -> dg.SensorDefinition:
@@ -71,7 +63,7 @@ def make_batching_sensor(upload_job: dg.JobDefinition, interval_seconds: int) ->
             def limit_for(model: str) -> int:
                 return token_limit_for(model, overrides)
 
-            cut = cut_due_batches(conn, pipeline, limit_for)
+            opened = open_due_batches(conn, pipeline, limit_for)
             admitted = admit_waiting(conn, limit_for)
             ready = conn.execute(store.READY_FOR_UPLOAD, (MAX_RUN_REQUESTS_PER_TICK,)).fetchall()
             stalled = conn.execute(
@@ -81,8 +73,8 @@ def make_batching_sensor(upload_job: dg.JobDefinition, interval_seconds: int) ->
             conn.commit()
         if stalled:
             context.log.warning("relaunching stalled uploads of batches %s", [r["id"] for r in stalled])
-        if cut:
-            context.log.info("cut batches %s", cut)
+        if opened:
+            context.log.info("opened batches %s", opened)
         launches = {r["id"]: r["launch_count"] for r in [*ready, *stalled]}
         launches.update(dict(admitted))
         keys = [str(batch_id) for batch_id in launches]

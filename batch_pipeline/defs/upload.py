@@ -7,6 +7,7 @@ from batch_pipeline import openai_client as oai
 from batch_pipeline.defs.partitions import batch_partitions
 from batch_pipeline.defs.resources import OpenAIResource, PipelineSettingsResource, PostgresResource
 from batch_pipeline.model_limits import token_limit_for
+from batch_pipeline.store.batching import BatchLimits
 from batch_pipeline.store.model_limits import fetch_overrides_sync
 from batch_pipeline.submission import fail_batch, submit_batch
 
@@ -34,6 +35,9 @@ def submit_to_openai(
             batch_id,
             lambda model: token_limit_for(model, overrides),
             pipeline.openai_poll_interval_seconds,
+            BatchLimits(
+                pipeline.batch_max_requests, pipeline.batch_max_bytes, pipeline.batch_max_age_seconds
+            ),
         )
     except Exception as exc:
         if oai.is_transient(exc):

@@ -33,6 +33,17 @@ def transitions(driver, batch_id: int) -> list[str]:
     return [r["to_state"] for r in rows]
 
 
+def fill_open_batches(driver) -> None:
+    """What an upload run's first transaction does (the tests then play a run that died after it)."""
+    from batch_pipeline.db import connect
+    from batch_pipeline.store.batching import BatchLimits, fill_batch
+
+    with connect(driver.db_url) as conn:
+        for batch in conn.execute("SELECT * FROM batchman.batches WHERE request_count = 0").fetchall():
+            fill_batch(conn, batch, BatchLimits(50_000, 199_000_000, 0), 10**9)
+        conn.commit()
+
+
 @pytest.mark.parametrize("url", SUPPORTED_URLS)
 def test_happy_path_every_endpoint(driver, sim, add_requests, url: str) -> None:
     model = "text-embedding-3-small" if "embeddings" in url else "gpt-4o-mini"
@@ -171,7 +182,8 @@ def test_crash_between_create_and_store_submits_no_second_batch(driver, sim, add
     from batch_pipeline import openai_client as oai
 
     add_requests("/v1/responses", "gpt-4o-mini", 3)
-    requests = driver.tick("batching_sensor")  # cuts batch 1; its upload run has not run yet
+    requests = driver.tick("batching_sensor")  # opens batch 1; its upload run has not run yet
+    fill_open_batches(driver)
     # The crashed run: uploaded the file, stored the intent, created the batch, then died.
     lines = "".join(
         r["payload"] + "\n" for r in driver.query("SELECT payload FROM batchman.requests ORDER BY id")
@@ -194,6 +206,7 @@ def test_crash_after_upload_reuses_the_uploaded_file(driver, sim, add_requests) 
 
     add_requests("/v1/responses", "gpt-4o-mini", 2)
     requests = driver.tick("batching_sensor")
+    fill_open_batches(driver)
     lines = "".join(
         r["payload"] + "\n" for r in driver.query("SELECT payload FROM batchman.requests ORDER BY id")
     )
@@ -219,7 +232,8 @@ def test_a_stage_that_stopped_without_progress_is_relaunched(
         )
         driver.query("UPDATE batchman.requests SET state = 'openai_processing', result = NULL RETURNING id")
     else:
-        driver.tick("batching_sensor")  # cuts the batch; its upload run then gives up mid-way
+        driver.tick("batching_sensor")  # opens the batch; its upload run then gives up mid-way
+        fill_open_batches(driver)
         driver.query("UPDATE batchman.batches SET state = 'uploading' RETURNING id")
     assert driver.tick(sensor) == []  # recent: its run may still be working
     driver.query("UPDATE batchman.batches SET updated_at = now() - interval '16 minutes' RETURNING id")
@@ -249,3 +263,27 @@ def test_status_checks_stop_at_their_time_budget_when_openai_is_slow(driver, sim
     assert len(ready) == 1  # the first call overran the budget; the other two wait, still due
     rows = driver.query("SELECT state FROM batchman.batches ORDER BY id")
     assert sorted(r["state"] for r in rows) == ["openai_completed", "openai_processing", "openai_processing"]
+
+
+def test_the_sensor_opens_one_batch_per_due_group_and_the_upload_run_fills_it(driver, add_requests) -> None:
+    add_requests("/v1/responses", "gpt-4o-mini", 3)
+    first = driver.tick("batching_sensor")
+    assert driver.tick("batching_sensor") == first  # no second batch while one is open
+    (batch,) = driver.query("SELECT * FROM batchman.batches")
+    assert batch["request_count"] == 0 and batch["state"] == "ready"
+    assert states(driver) == {"pending": 3}
+    assert driver.query("SELECT count(*) AS n FROM batchman.requests WHERE batch_id IS NULL")[0]["n"] == 3
+
+    driver.execute("batching_sensor", first[0])
+    (batch,) = driver.query("SELECT * FROM batchman.batches")
+    assert (batch["request_count"], batch["state"]) == (3, "openai_processing")
+    assert states(driver) == {"openai_processing": 3}
+
+
+def test_a_request_over_a_lowered_limit_waits_without_opening_batches(driver, add_requests) -> None:
+    add_requests("/v1/responses", "gpt-4o-mini", 2)  # each estimated at about 10 tokens
+    driver.query("INSERT INTO batchman.model_limits VALUES ('gpt-4o-mini', 5) RETURNING model_prefix")
+    assert driver.tick("batching_sensor") == []
+    assert driver.query("SELECT count(*) AS n FROM batchman.batches")[0]["n"] == 0
+    driver.query("DELETE FROM batchman.model_limits RETURNING model_prefix")  # the limit is raised
+    assert len(driver.tick("batching_sensor")) == 1
