@@ -5,8 +5,8 @@ Async on the API's connection pool; each function is one transaction (the cancel
 is two, so no transaction stays open across the OpenAI call). Every state change is a conditional
 transition with an audit row, the async twin of ``store.transitions.transition``: when a sensor or run
 moved the batch first, the action sees it and re-decides instead of overwriting. "Upload now" runs
-the same fill statement the upload runs use (``store.batching.cut_batch``, sync) in a worker thread, so there is
-one implementation of how a batch is cut. No dagster import: the API must start fast.
+``store.batching.cut_batch`` (sync, the fill statement the upload runs use) in a worker thread, so
+there is one implementation of how a batch is filled. No dagster import: the API must start fast.
 """
 
 from __future__ import annotations
