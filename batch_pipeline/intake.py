@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterable, AsyncIterator, Iterable
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterable, AsyncIterator, Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -21,13 +21,14 @@ from batch_pipeline.validation import Limits, NewRequest, RequestTooLarge, UrlPo
 OVERRIDES_TTL_SECONDS = 5.0
 
 
-@dataclass
+@dataclass(slots=True)
 class Outcome:
     """What happened to one submitted item: accepted, duplicate, invalid or too_large."""
 
     status: str
     custom_id: str | None = None
-    errors: list[dict] = field(default_factory=list)
+    # An immutable default: one Outcome per bulk item, so no empty list is built for each success.
+    errors: Sequence[dict] = ()
 
     def as_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"status": self.status, "custom_id": self.custom_id}
