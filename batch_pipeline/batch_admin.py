@@ -27,7 +27,7 @@ from batch_pipeline.store import model_limits as limits_store
 from batch_pipeline.store.batching import BatchLimits, cut_batch, queued_groups
 from batch_pipeline.store.transitions import AT_OPENAI, FINISHED, RECORD_TRANSITION
 
-BATCH_STATES = (
+ALL_BATCH_STATES = (
     "ready", "uploading", "uploaded", "waiting_for_capacity", "openai_processing", "cancelling",
     "openai_completed", "downloading", "ready_to_deliver", "delivering", "delivered",
     "partially_delivered", "delivery_failed", "failed", "cancelled", "resubmitted",
@@ -49,8 +49,8 @@ RESTARTABLE_REQUEST_STATES = ("pending", "openai_processing", "openai_processed"
 # anyway and the batching sensor carries on.
 MAX_CUTS_PER_GROUP = 20
 # The SDK retries connection errors, 408, 409, 429 and 5xx; an operator waits for the answer, so few.
-OPENAI_MAX_RETRIES = 2
-OPENAI_TIMEOUT_SECONDS = 30.0
+SDK_MAX_RETRIES = 2
+SDK_TIMEOUT_SECONDS = 30.0
 # The key the simulator accepts when no OpenAI key is configured (any bearer token works there).
 SIMULATOR_API_KEY = "sk-simulator"
 
@@ -307,16 +307,15 @@ async def cancel_batch(conn: psycopg.AsyncConnection, settings: Settings, batch_
     raise InvalidBatchState(batch_id, current["state"], "cancelled", (*CANCEL_LOCALLY, *AT_OPENAI))
 
 
-def _sync_client(settings: Settings):  # -> openai.OpenAI
-    import openai
-
+def _client_options(settings: Settings) -> dict[str, Any]:
+    """How the API's own OpenAI calls (sync and async clients alike) reach OpenAI or the simulator."""
     api_key = settings.openai_api_key.get_secret_value() if settings.openai_api_key else SIMULATOR_API_KEY
-    return openai.OpenAI(
-        base_url=settings.openai_client_base_url,
-        api_key=api_key,
-        max_retries=OPENAI_MAX_RETRIES,
-        timeout=OPENAI_TIMEOUT_SECONDS,
-    )
+    return {
+        "base_url": settings.openai_client_base_url,
+        "api_key": api_key,
+        "max_retries": SDK_MAX_RETRIES,
+        "timeout": SDK_TIMEOUT_SECONDS,
+    }
 
 
 async def find_at_openai(settings: Settings, batch_id: int) -> str | None:
@@ -326,7 +325,7 @@ async def find_at_openai(settings: Settings, batch_id: int) -> str | None:
     from batch_pipeline import openai_client as oai
 
     def find() -> str | None:
-        with _sync_client(settings) as client:
+        with openai.OpenAI(**_client_options(settings)) as client:
             remote = oai.find_batch(client, batch_id)
         return remote.id if remote else None
 
@@ -340,13 +339,7 @@ async def cancel_at_openai(settings: Settings, openai_batch_id: str) -> bool:
     """``POST /v1/batches/{id}/cancel``. False when OpenAI does not know the batch (nothing to stop)."""
     import openai  # the SDK import is slow; only this action needs it
 
-    api_key = settings.openai_api_key.get_secret_value() if settings.openai_api_key else SIMULATOR_API_KEY
-    async with openai.AsyncOpenAI(
-        base_url=settings.openai_client_base_url,
-        api_key=api_key,
-        max_retries=OPENAI_MAX_RETRIES,
-        timeout=OPENAI_TIMEOUT_SECONDS,
-    ) as client:
+    async with openai.AsyncOpenAI(**_client_options(settings)) as client:
         try:
             await client.batches.cancel(openai_batch_id)
         except openai.NotFoundError:

@@ -16,8 +16,8 @@ from pydantic import Field, SecretStr, ValidationError, field_validator, model_v
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 # OpenAI rejects batch input files over 200 MB; keep a margin for the trailing newline and rounding.
-OPENAI_MAX_FILE_BYTES = 200 * 1000 * 1000
-DEFAULT_BATCH_MAX_BYTES = OPENAI_MAX_FILE_BYTES - 1_000_000
+MAX_OPENAI_FILE_BYTES = 200 * 1000 * 1000
+DEFAULT_BATCH_MAX_BYTES = MAX_OPENAI_FILE_BYTES - 1_000_000
 # Values of these variables never appear in messages or logs.
 _SECRET_HINT = re.compile("KEY|TOKEN|SECRET|PASSWORD")
 # In any other value, the password of a URL (scheme://user:password@host, up to the last "@" so a
@@ -79,7 +79,7 @@ class Settings(BaseSettings):
 
     # --- Batching -------------------------------------------------------------------------------
     batch_max_requests: int = Field(50_000, ge=1, le=50_000)
-    batch_max_bytes: int = Field(DEFAULT_BATCH_MAX_BYTES, ge=1024, le=OPENAI_MAX_FILE_BYTES)
+    batch_max_bytes: int = Field(DEFAULT_BATCH_MAX_BYTES, ge=1024, le=MAX_OPENAI_FILE_BYTES)
     batch_max_age_seconds: int = Field(3600, ge=0)
     sensor_interval_seconds: int = Field(30, ge=1)
     openai_poll_interval_seconds: int = Field(60, ge=0)

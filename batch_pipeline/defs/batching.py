@@ -66,11 +66,7 @@ def make_batching_sensor(upload_job: dg.JobDefinition, interval_seconds: int) ->
             opened = open_due_batches(conn, pipeline, limit_for)
             admitted = admit_waiting(conn, limit_for)
             ready = conn.execute(store.READY_FOR_UPLOAD, (MAX_RUN_REQUESTS_PER_TICK,)).fetchall()
-            stalled = conn.execute(
-                store.RELAUNCH_STALLED,
-                {"states": ["uploading", "uploaded"], "after": store.STALLED_AFTER_SECONDS, "limit": 20},
-            ).fetchall()
-            conn.commit()
+            stalled = store.relaunch_stalled(conn, ["uploading", "uploaded"])
         if stalled:
             context.log.warning("relaunching stalled uploads of batches %s", [r["id"] for r in stalled])
         if opened:

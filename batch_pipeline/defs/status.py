@@ -47,11 +47,7 @@ def make_status_sensor(results_job: dg.JobDefinition, interval_seconds: int) -> 
         # Re-emitting every batch awaiting its results run is safe: the run key makes it launch once.
         with postgres.connect() as conn:
             due = conn.execute(store.RESULTS_DUE, (MAX_RESULTS_RUNS_PER_TICK,)).fetchall()
-            stalled = conn.execute(
-                store.RELAUNCH_STALLED,
-                {"states": ["downloading"], "after": store.STALLED_AFTER_SECONDS, "limit": 20},
-            ).fetchall()
-            conn.commit()
+            stalled = store.relaunch_stalled(conn, ["downloading"])
         if stalled:
             context.log.warning("relaunching stalled results runs of batches %s", [r["id"] for r in stalled])
         return dg.SensorResult(

@@ -12,12 +12,12 @@ from batch_pipeline.store.model_limits import fetch_overrides_sync
 from batch_pipeline.submission import fail_batch, submit_batch
 
 # Transient OpenAI errors (after the SDK's own quick retries): back off and try the op again.
-OPENAI_RETRY = dg.RetryPolicy(
+TRANSIENT_OPENAI_RETRY = dg.RetryPolicy(
     max_retries=4, delay=10, backoff=dg.Backoff.EXPONENTIAL, jitter=dg.Jitter.PLUS_MINUS
 )
 
 
-@dg.op(retry_policy=OPENAI_RETRY, tags={"kind": "openai"})
+@dg.op(retry_policy=TRANSIENT_OPENAI_RETRY, tags={"kind": "openai"})
 def submit_to_openai(
     context: dg.OpExecutionContext,
     postgres: PostgresResource,

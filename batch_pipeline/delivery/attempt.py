@@ -13,7 +13,7 @@ TIMEOUT = "timeout"
 CONNECTION_ERROR = "connection_error"
 QUEUE_NOT_FOUND = "queue_not_found"
 BLOCKED_BY_POLICY = "blocked_by_policy"
-RABBITMQ_NOT_CONFIGURED = "rabbitmq_not_configured"
+OUTCOME_NO_RABBITMQ = "rabbitmq_not_configured"
 OTHER = "other"
 
 # Stored error texts (response bodies, exception messages) are cut to this many characters.

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import psycopg
 
 from batch_pipeline.config import Settings
-from batch_pipeline.delivery.attempt import OTHER, RABBITMQ_NOT_CONFIGURED, Attempt, Delivery
+from batch_pipeline.delivery.attempt import OTHER, OUTCOME_NO_RABBITMQ, Attempt, Delivery
 from batch_pipeline.delivery.backoff import next_delay
 from batch_pipeline.delivery.rabbitmq import RECONNECT_SECONDS, RabbitPublisher
 from batch_pipeline.delivery.ssrf import EgressPolicy
@@ -128,7 +128,7 @@ class _Transports:
         if self.publisher is None:
             # Transient: once RABBITMQ_URL is set (and the service restarted) the retries get through.
             msg = "RabbitMQ is not configured. Set RABBITMQ_URL to enable RabbitMQ delivery."
-            return [Attempt(RABBITMQ_NOT_CONFIGURED, True, error=msg) for _ in ds]
+            return [Attempt(OUTCOME_NO_RABBITMQ, True, error=msg) for _ in ds]
         return await asyncio.get_running_loop().run_in_executor(
             self._thread, self.publisher.publish_batch, ds
         )

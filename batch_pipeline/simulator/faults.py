@@ -12,7 +12,7 @@ from enum import IntEnum, StrEnum
 from typing import Any
 
 LINE_MARKER_KEY = "x_sim_fault"
-BATCH_MARKER_KEY = "sim_fault"
+METADATA_FAULT_KEY = "sim_fault"
 HTTP_FAULT_HEADER = "x-sim-http-fault"
 REJECTED_MARKER = "_rejected"  # internal: set at upload for bodies the endpoint would refuse
 

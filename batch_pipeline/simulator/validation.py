@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .errors import bad_request
-from .faults import BATCH_MARKER_KEY, BatchFault
+from .faults import METADATA_FAULT_KEY, BatchFault
 from .jsonl import FileSummary
 
 # Data-driven on purpose: the endpoint list grew four times in two years.
@@ -124,15 +124,15 @@ def parse_create(payload: Any) -> CreateParams:
         )
     metadata = _metadata(payload.get("metadata"))
     fault = None
-    if metadata and BATCH_MARKER_KEY in metadata:
+    if metadata and METADATA_FAULT_KEY in metadata:
         try:
-            fault = BatchFault(metadata[BATCH_MARKER_KEY])
+            fault = BatchFault(metadata[METADATA_FAULT_KEY])
         except ValueError:
             allowed = ", ".join(f.value for f in BatchFault)
             raise bad_request(
-                f"Unknown simulator fault {metadata[BATCH_MARKER_KEY]!r} in metadata.{BATCH_MARKER_KEY} "
+                f"Unknown simulator fault {metadata[METADATA_FAULT_KEY]!r} in metadata.{METADATA_FAULT_KEY} "
                 f"(one of: {allowed}).",
-                param=f"metadata.{BATCH_MARKER_KEY}",
+                param=f"metadata.{METADATA_FAULT_KEY}",
                 code="invalid_value",
             ) from None
     expires = payload.get("output_expires_after")
@@ -161,7 +161,7 @@ def input_errors(
         for n in summary.invalid_lines
     ]
     if fault == BatchFault.VALIDATION_FAILED and not errors:
-        message = f"Line 1: simulated validation failure (metadata {BATCH_MARKER_KEY}=validation_failed)."
+        message = f"Line 1: simulated validation failure (metadata {METADATA_FAULT_KEY}=validation_failed)."
         errors.append(_error("invalid_request", message, 1, "body"))
     for url, lines in summary.url_lines.items():
         if url != endpoint:

@@ -10,7 +10,7 @@ import psycopg
 GET_BATCH = "SELECT * FROM batchman.batches WHERE id = %s"
 
 # The input file is exactly these lines, in this order (validation errors point at line numbers).
-BATCH_LINES = """
+SELECT_BATCH_LINES = """
 SELECT payload FROM batchman.requests WHERE batch_id = %s AND state = 'pending' ORDER BY id
 """
 
@@ -78,6 +78,17 @@ WITH stalled AS (
 SELECT id, launch_count, openai_batch_id FROM relaunched
 """
 STALLED_AFTER_SECONDS = 900
+RELAUNCH_PER_TICK = 20
+
+
+def relaunch_stalled(conn: psycopg.Connection, states: list[str]) -> list[dict[str, Any]]:
+    """Give batches stuck in ``states`` a new launch (see RELAUNCH_STALLED). Commits."""
+    rows = conn.execute(
+        RELAUNCH_STALLED, {"states": states, "after": STALLED_AFTER_SECONDS, "limit": RELAUNCH_PER_TICK}
+    ).fetchall()
+    conn.commit()
+    return rows
+
 
 POLL_DUE = """
 SELECT id, openai_batch_id, state FROM batchman.batches
@@ -122,7 +133,7 @@ def iter_batch_lines(conn: psycopg.Connection, batch_id: int) -> Iterator[str]:
     """The batch's JSONL lines through a server-side cursor: constant memory for 50,000 requests."""
     with conn.cursor(name=f"batch_lines_{batch_id}") as cur:
         cur.itersize = 2000
-        cur.execute(BATCH_LINES, (batch_id,))
+        cur.execute(SELECT_BATCH_LINES, (batch_id,))
         for row in cur:
             yield row["payload"]
 

@@ -18,8 +18,8 @@ from psycopg.rows import dict_row
 from batch_pipeline.delivery.attempt import Attempt, Delivery
 
 # States a batch may (re)enter 'delivering' from, and the ones that mean "delivery finished".
-DELIVERY_DONE_STATES = ("delivered", "partially_delivered", "delivery_failed")
-DELIVERABLE_BATCH_STATES = ("ready_to_deliver", "delivering", *DELIVERY_DONE_STATES)
+FINAL_DELIVERY_STATES = ("delivered", "partially_delivered", "delivery_failed")
+DELIVERABLE_BATCH_STATES = ("ready_to_deliver", "delivering", *FINAL_DELIVERY_STATES)
 # Request states a batch redelivery resets, per ``only``.
 REDELIVER_STATES = {
     "failed": ("delivery_failed",),
@@ -69,7 +69,7 @@ FROM unnest(%s::bigint[], %s::text[], %s::float8[]) AS v(id, state, delay)
 WHERE r.id = v.id AND r.state = 'delivering'
 """
 
-BATCH_COUNTS = """
+COUNT_BATCH_REQUESTS = """
 SELECT count(*) FILTER (WHERE state IN ('openai_processed', 'delivering')) AS open,
        count(*) FILTER (WHERE state IN ('delivered', 'failed')) AS delivered,
        count(*) FILTER (WHERE state = 'delivery_failed') AS failed
@@ -77,15 +77,15 @@ FROM batchman.requests WHERE batch_id = %s
 """
 
 # A conditional batch transition with its audit row, in one statement; no row back: not moved.
-# Entering a final delivery state (DELIVERY_DONE_STATES) records completed_at, which retention counts
-# from; the first completion is kept, so a redelivery does not restart the retention period.
-TRANSITION = """
+# Entering a final delivery state records completed_at, which retention counts from; the first
+# completion is kept, so a redelivery does not restart the retention period.
+TRANSITION = f"""
 WITH old AS (
     SELECT id, state FROM batchman.batches
     WHERE id = %(batch_id)s AND state = ANY(%(from_states)s) FOR UPDATE
 ), moved AS (
     UPDATE batchman.batches b SET state = %(to_state)s, updated_at = now(),
-        completed_at = CASE WHEN %(to_state)s IN ('delivered', 'partially_delivered', 'delivery_failed')
+        completed_at = CASE WHEN %(to_state)s IN {FINAL_DELIVERY_STATES!r}
                             THEN coalesce(b.completed_at, now()) ELSE b.completed_at END
     FROM old WHERE b.id = old.id
     RETURNING b.id, old.state AS from_state
@@ -202,7 +202,7 @@ def outcome_state(counts: dict[str, int]) -> str | None:
 async def finish_batch(conn: psycopg.AsyncConnection, batch_id: int) -> str | None:
     """Move a 'delivering' batch to its outcome when nothing is left to deliver; the new state or None."""
     cur = conn.cursor(row_factory=dict_row)
-    await cur.execute(BATCH_COUNTS, (batch_id,))
+    await cur.execute(COUNT_BATCH_REQUESTS, (batch_id,))
     counts = await cur.fetchone()
     assert counts is not None
     target = outcome_state(counts)
@@ -234,12 +234,12 @@ async def redeliver_batch(conn: psycopg.AsyncConnection, batch_id: int, only: st
         await cur.execute(REDELIVER_REQUESTS, (batch_id, list(REDELIVER_STATES[only])))
         requeued = cur.rowcount
     state = batch["state"]
-    if requeued and state in DELIVERY_DONE_STATES:
+    if requeued and state in FINAL_DELIVERY_STATES:
         await cur.execute(
             TRANSITION,
             {
                 "batch_id": batch_id,
-                "from_states": list(DELIVERY_DONE_STATES),
+                "from_states": list(FINAL_DELIVERY_STATES),
                 "to_state": "delivering",
                 "reason": f"redeliver only={only}: {requeued} requests",
             },
@@ -259,7 +259,7 @@ def begin_delivery(conn: psycopg.Connection, batch_id: int, reason: str) -> str 
         TRANSITION,
         {
             "batch_id": batch_id,
-            "from_states": ["ready_to_deliver", *DELIVERY_DONE_STATES],
+            "from_states": ["ready_to_deliver", *FINAL_DELIVERY_STATES],
             "to_state": "delivering",
             "reason": reason,
         },
