@@ -29,15 +29,15 @@ from batch_pipeline.validation import (
 )
 
 
-class _Webhook(msgspec.Struct, tag_field="type", tag="webhook", forbid_unknown_fields=True):
+class _Webhook(msgspec.Struct, gc=False, tag_field="type", tag="webhook", forbid_unknown_fields=True):
     webhook_url: str
 
 
-class _RabbitMQ(msgspec.Struct, tag_field="type", tag="rabbitmq", forbid_unknown_fields=True):
+class _RabbitMQ(msgspec.Struct, gc=False, tag_field="type", tag="rabbitmq", forbid_unknown_fields=True):
     rabbitmq_queue: str
 
 
-class _Request(msgspec.Struct, forbid_unknown_fields=True):
+class _Request(msgspec.Struct, gc=False, forbid_unknown_fields=True):
     custom_id: str
     url: str
     method: Literal["POST"]
@@ -45,7 +45,7 @@ class _Request(msgspec.Struct, forbid_unknown_fields=True):
     delivery_config: _Webhook | _RabbitMQ
 
 
-class _Body(msgspec.Struct):  # unknown fields are skipped, not rejected: they pass through
+class _Body(msgspec.Struct, gc=False):  # unknown fields are skipped, not rejected: they pass through
     model: str
     stream: object = None
 

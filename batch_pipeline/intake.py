@@ -7,6 +7,7 @@ from collections.abc import AsyncIterable, AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import msgspec
 import orjson
 import psycopg
 
@@ -21,20 +22,17 @@ from batch_pipeline.validation import Limits, NewRequest, RequestTooLarge, UrlPo
 OVERRIDES_TTL_SECONDS = 5.0
 
 
-@dataclass(slots=True)
-class Outcome:
-    """What happened to one submitted item: accepted, duplicate, invalid or too_large."""
+class Outcome(msgspec.Struct, gc=False, omit_defaults=True):
+    """What happened to one submitted item: accepted, duplicate, invalid or too_large.
+
+    Encodes (msgspec) as the bulk API's per-item result: ``errors`` only when there are some. Untracked
+    by the garbage collector for the reason ``NewRequest`` is: a bulk call keeps one per item.
+    """
 
     status: str
-    custom_id: str | None = None
+    custom_id: str | None
     # An immutable default: one Outcome per bulk item, so no empty list is built for each success.
     errors: Sequence[dict] = ()
-
-    def as_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"status": self.status, "custom_id": self.custom_id}
-        if self.errors:
-            out["errors"] = self.errors
-        return out
 
 
 @dataclass(frozen=True)
@@ -168,7 +166,8 @@ class IntakeService:
                     else:
                         seen.add(checked.custom_id)
                         fresh.append(checked)
-                        await writer.write(checked)
+                        if writer.add(checked):
+                            await writer.flush()
                         outcomes.append(Outcome("accepted", checked.custom_id))
         if writer.raced:
             # Some custom_id existed already (or a concurrent writer got there first).

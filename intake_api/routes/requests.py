@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import AsyncIterator
 from typing import Annotated
 
+import msgspec
 import orjson
 from fastapi import APIRouter, Depends, Query, Request, Response
 
@@ -85,14 +87,14 @@ async def create_bulk(request: Request, conn: ConnDep, intake: IntakeDep, settin
         ) from None
     if not outcomes:
         raise ApiError(422, "validation_error", "Invalid value", "No requests in the body.", "/")
-    counts = {s: sum(o.status == s for o in outcomes) for s in ("accepted", "duplicate")}
+    counts = Counter(o.status for o in outcomes)
     body = {
         "accepted": counts["accepted"],
         "duplicate": counts["duplicate"],
         "invalid": len(outcomes) - counts["accepted"] - counts["duplicate"],
-        "results": [o.as_dict() for o in outcomes],
+        "results": outcomes,  # Outcome structs encode as the per-item results
     }
-    return Response(orjson.dumps(body), 200, media_type="application/json")
+    return Response(msgspec.json.encode(body), 200, media_type="application/json")
 
 
 @router.get("", response_model=RequestPage, responses=errors_doc(401, 422), summary="List requests")

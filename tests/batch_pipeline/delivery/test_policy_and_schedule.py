@@ -6,6 +6,7 @@ import asyncio
 import base64
 import ipaddress
 import random
+from pathlib import Path
 
 import pytest
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
@@ -13,8 +14,9 @@ from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 from batch_pipeline.delivery.backoff import next_delay, parse_retry_after
 from batch_pipeline.delivery.deliverer import deliver_batch
 from batch_pipeline.delivery.signing import Signer, SigningSecretError
-from batch_pipeline.delivery.ssrf import EgressPolicy, denied_reason
+from batch_pipeline.delivery.ssrf import EgressPolicy, denied_reason, intake_url_policy
 from tests.batch_pipeline.delivery.conftest import attempts_of, options, requests_of, seed_batch, webhook
+from tests.conftest import make_settings
 
 DENIED = [
     "127.0.0.1", "10.1.2.3", "172.16.0.1", "192.168.1.1", "169.254.169.254", "100.64.0.1", "0.0.0.0",
@@ -45,6 +47,18 @@ def test_intake_policy_rejects_literal_and_internal_hosts_unless_allowed() -> No
     assert policy.url_reason("http://receiver.internal/x") is None  # allow-listed name
     assert policy.url_reason("http://10.2.3.4/x") is None  # allow-listed range
     assert EgressPolicy(False).url_reason("http://127.0.0.1/x") is None  # off by default
+
+
+def test_intake_url_policy_is_none_when_off_and_repeats_its_verdicts_when_on(tmp_path: Path) -> None:
+    assert intake_url_policy(make_settings(tmp_path)) is None
+    check = intake_url_policy(
+        make_settings(tmp_path, webhook_block_private_networks=True, webhook_allowed_hosts="10.0.0.0/8")
+    )
+    assert check is not None
+    for _ in range(3):  # the verdicts are remembered per URL; a remembered one is the same
+        assert "127.0.0.1" in check("http://127.0.0.1/x")
+        assert check("https://hooks.example.com/x") is None
+        assert check("http://10.2.3.4/x") is None
 
 
 def test_schedule_jitter_retry_after_and_exhaustion() -> None:
