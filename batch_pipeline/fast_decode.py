@@ -4,9 +4,10 @@ Only well-formed requests take this path. Anything it does not accept, or is not
 None and goes through ``validation.validate_request``, which reports every error in the seed's
 envelope. A test checks that both paths agree on what they accept and on the line they store.
 
-The request ``body`` is kept as the client's raw JSON bytes, so unknown fields (and numbers of any
-size) reach OpenAI untouched; a body with line breaks in its whitespace takes the slow path, which
-re-serialises it compactly (a JSONL line must not contain one).
+The request ``body`` is kept as the client's raw JSON bytes, so unknown fields (and numbers as
+written) reach OpenAI untouched; a body with line breaks in its whitespace takes the slow path, which
+re-serialises it compactly (a JSONL line must not contain one). A number no double can hold (1e999)
+is refused on both paths.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from batch_pipeline.tokens import estimate_tokens
 from batch_pipeline.validation import (
     CUSTOM_ID_MAX_BYTES,
     MAX_BODY_DEPTH,
+    MODEL_MAX_BYTES,
     RABBITMQ_QUEUE_MAX_BYTES,
     Limits,
     NewRequest,
@@ -45,13 +47,10 @@ class _Request(msgspec.Struct, gc=False, forbid_unknown_fields=True):
     delivery_config: _Webhook | _RabbitMQ
 
 
-class _Body(msgspec.Struct, gc=False):  # unknown fields are skipped, not rejected: they pass through
-    model: str
-    stream: object = None
-
-
 _decode_request = msgspec.json.Decoder(_Request).decode
-_decode_body = msgspec.json.Decoder(_Body).decode
+# Untyped, so that every value is parsed: a typed decoder skips unknown fields without checking their
+# numbers, and a number no double can hold (1e999) must fail here as it fails the full validator.
+_decode_body = msgspec.json.Decoder().decode
 _encode = msgspec.json.Encoder().encode
 
 _JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.S)
@@ -86,7 +85,13 @@ def fast_validate(raw: bytes, limits: Limits, url_policy: UrlPolicy | None = Non
         body_raw = bytes(req.body)
         body = _decode_body(body_raw)
     except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError, RecursionError):
-        # Invalid UTF-8 inside a string, or nesting deeper than msgspec recurses: the full path reports it.
+        # Invalid UTF-8 inside a string, nesting deeper than msgspec recurses, a number out of range:
+        # the full path reports it.
+        return None
+    if not isinstance(body, dict):
+        return None
+    model = body.get("model")
+    if not isinstance(model, str):
         return None
     custom_id, url, cfg = req.custom_id, req.url, req.delivery_config
     endpoint = ENDPOINTS.get(url)
@@ -97,8 +102,9 @@ def fast_validate(raw: bytes, limits: Limits, url_policy: UrlPolicy | None = Non
         or custom_id != custom_id.strip()
         or len(custom_id) > limits.custom_id_max_length
         or len(custom_id.encode()) > CUSTOM_ID_MAX_BYTES
-        or not body.model.strip()
-        or body.stream is True
+        or not model.strip()
+        or (len(model) > MODEL_MAX_BYTES // 4 and len(model.encode()) > MODEL_MAX_BYTES)
+        or body.get("stream") is True
         or b"\\u0000" in raw  # NUL (escaped in JSON): the full validator rejects it
         or b"\n" in body_raw
         or b"\r" in body_raw
@@ -128,7 +134,7 @@ def fast_validate(raw: bytes, limits: Limits, url_policy: UrlPolicy | None = Non
     return NewRequest(
         custom_id=custom_id,
         url=url,
-        model=body.model,
+        model=model,
         payload=payload,
         payload_bytes=len(line),
         estimated_tokens=estimate_tokens(payload, len(line), None, limits.token_safety_factor),

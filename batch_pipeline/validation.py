@@ -29,6 +29,9 @@ CUSTOM_ID_MAX_BYTES = 2048
 # stay far below (a structured-output schema nests at most 10 levels); the bound keeps every walk of a
 # body, and orjson's encoder (255 levels), clear of the recursion limits.
 MAX_BODY_DEPTH = 128
+# The model is a key of the index the batching sensor scans (endpoint, model, id), whose rows hold at
+# most 2,704 bytes; real model names are a few dozen characters.
+MODEL_MAX_BYTES = 256
 
 # A policy hook for webhook URLs (the SSRF check): returns a reason to reject, or None.
 UrlPolicy = Callable[[str], str | None]
@@ -69,7 +72,8 @@ def is_http_url(url: str) -> bool:
     # Cached: bulk submissions usually share one webhook URL.
     try:
         parts = urlsplit(url)
-        return parts.scheme in ("http", "https") and bool(parts.hostname)
+        # .port raises ValueError for a port that is not a number or is over 65535.
+        return parts.scheme in ("http", "https") and bool(parts.hostname) and parts.port != 0
     except ValueError:  # e.g. an invalid IPv6 literal or port
         return False
 
@@ -123,6 +127,8 @@ def _body_errors(url: Any, body: Any, pointer: str) -> list[dict]:
     model = body.get("model")
     if not isinstance(model, str) or not model.strip():
         errs.append(error("body.model is required and must be a non-empty string", f"{pointer}/model"))
+    elif len(model.encode("utf-8", "surrogatepass")) > MODEL_MAX_BYTES:
+        errs.append(error(f"body.model must be at most {MODEL_MAX_BYTES} bytes", f"{pointer}/model"))
     if body.get("stream") is True:
         errs.append(error("stream: true is not supported by the Batch API", f"{pointer}/stream"))
     endpoint = ENDPOINTS.get(url) if isinstance(url, str) else None

@@ -62,20 +62,24 @@ async def stream_ndjson(request: Request, max_bytes: int) -> AsyncIterator[list[
 
 
 def is_ndjson(content_type: str) -> bool:
+    content_type = content_type.lower()  # media types are case-insensitive (RFC 9110)
     return "ndjson" in content_type or "jsonl" in content_type
 
 
 def split_array(raw: bytes) -> list[bytes]:
     """The raw items of a JSON array body; 422 when the body is not JSON or not an array.
 
-    An item that msgspec cannot take (nested deeper than it recurses) does not fail the whole body:
-    the items are then found by scanning brackets, and each is judged on its own.
+    An item that msgspec cannot take (not JSON, nested deeper than it recurses) does not fail the whole
+    body: the items are then found by scanning brackets, and each is judged on its own.
     """
     try:
         return [bytes(item) for item in _split_array(raw)]
-    except (msgspec.DecodeError, msgspec.ValidationError):
-        pass
-    except (RecursionError, UnicodeDecodeError):
+    except msgspec.ValidationError:
+        pass  # JSON, but not an array
+    except (msgspec.DecodeError, RecursionError, UnicodeDecodeError):
+        # Not JSON, or an array msgspec refuses as a whole for what one item holds (nesting deeper
+        # than it recurses, invalid UTF-8, a lone surrogate escape): if the array itself is intact,
+        # each item is judged on its own, as NDJSON lines are.
         items = _scan_items(raw)
         if items is not None:
             return items

@@ -32,7 +32,8 @@ COPY_COLUMNS = (
 )
 COPY_REQUESTS = f"COPY batchman.requests {COPY_COLUMNS} FROM STDIN"
 
-# Slow path for bulk intake when a concurrent writer raced us on a custom_id.
+# Slow path for bulk intake when a concurrent writer raced us on a custom_id. Rows go in custom_id
+# order: two such inserts then take their locks in one order and cannot deadlock each other.
 CREATE_STAGING = """
 CREATE TEMP TABLE requests_staging (LIKE batchman.requests INCLUDING DEFAULTS) ON COMMIT DROP
 """
@@ -40,10 +41,15 @@ COPY_STAGING = f"COPY requests_staging {COPY_COLUMNS} FROM STDIN"
 MERGE_STAGING = f"""
 INSERT INTO batchman.requests {COPY_COLUMNS}
 SELECT custom_id, endpoint, model, payload, payload_bytes, estimated_tokens, delivery_config, input_count
-FROM requests_staging ORDER BY id
+FROM requests_staging ORDER BY custom_id COLLATE "C"
 ON CONFLICT (custom_id) DO NOTHING
 RETURNING custom_id
 """
+
+# Two bulk calls that share custom_ids can deadlock (each waits for a row the other inserted); the
+# one Postgres aborts treats it like a conflict and retries, this many times in all.
+CONFLICT_ATTEMPTS = 5
+RACE_ERRORS = (psycopg.errors.UniqueViolation, psycopg.errors.DeadlockDetected)
 
 REQUEST_COLUMNS = """
 r.id, r.batch_id, r.custom_id, r.endpoint AS url, r.model, r.state, r.delivery_config, r.error_msg,
@@ -182,7 +188,7 @@ class BulkWriter:
             return  # the COPY already failed; the caller redoes everything conflict-safely
         try:
             await self._copy.write("".join(lines))
-        except psycopg.errors.UniqueViolation:
+        except RACE_ERRORS:
             self.raced = True
 
     async def __aexit__(self, exc_type: type | None, exc: BaseException | None, tb: object) -> None:
@@ -190,7 +196,7 @@ class BulkWriter:
             if exc_type is None:
                 await self.flush()
             await self._copy_cm.__aexit__(exc_type, exc, tb)
-        except psycopg.errors.UniqueViolation:
+        except RACE_ERRORS:
             self.raced = True
         except psycopg.Error:
             if not self.raced and exc_type is None:
@@ -205,6 +211,18 @@ async def insert_bulk_conflict_safe(
     conn: psycopg.AsyncConnection, requests: Sequence[NewRequest]
 ) -> set[str]:
     """Insert through a staging table with ON CONFLICT DO NOTHING; return the custom_ids inserted."""
+    for attempt in range(1, CONFLICT_ATTEMPTS + 1):
+        try:
+            return await _insert_through_staging(conn, requests)
+        except psycopg.errors.DeadlockDetected:
+            # With a concurrent optimistic COPY; ours is rolled back, so the other can finish.
+            await conn.rollback()
+            if attempt == CONFLICT_ATTEMPTS:
+                raise
+    raise AssertionError("unreachable")
+
+
+async def _insert_through_staging(conn: psycopg.AsyncConnection, requests: Sequence[NewRequest]) -> set[str]:
     cur = conn.cursor()
     await cur.execute(CREATE_STAGING)
     async with cur.copy(COPY_STAGING) as copy:

@@ -34,8 +34,14 @@ VARIANTS = [
     {"body": {"model": "m", "stream": True}},
     {"body": {"model": "m", "stream": False}},
     {"body": {"model": "m", "input": "x" * 5000}},
+    {"body": {"model": "m" * 256}},
+    {"body": {"model": "m" * 257}},
+    {"body": {"model": "é" * 129}},
     {"delivery_config": {"type": "webhook", "webhook_url": "ftp://h/x"}},
     {"delivery_config": {"type": "webhook", "webhook_url": "http://[::1"}},
+    {"delivery_config": {"type": "webhook", "webhook_url": "http://h:99999/x"}},
+    {"delivery_config": {"type": "webhook", "webhook_url": "http://h:0/x"}},
+    {"delivery_config": {"type": "webhook", "webhook_url": "http://h:65535/x"}},
     {"delivery_config": {"type": "webhook"}},
     {"delivery_config": {"type": "webhook", "webhook_url": "http://h/x", "extra": 1}},
     {"delivery_config": {"type": "rabbitmq", "rabbitmq_queue": "q"}},
@@ -82,7 +88,22 @@ def test_fast_path_takes_the_common_case_and_keeps_big_numbers() -> None:
     fast = fast_validate(json.dumps(BASE).encode(), LIMITS)
     assert fast is not None
     assert "123456789012345678901234567890" in fast.payload
-    assert fast_validate(json.dumps({**BASE, **VARIANTS[18]}).encode(), LIMITS) is not None
+    rabbitmq = {"delivery_config": {"type": "rabbitmq", "rabbitmq_queue": "q"}}
+    assert fast_validate(json.dumps({**BASE, **rabbitmq}).encode(), LIMITS) is not None
+    assert fast_validate(json.dumps({**BASE, "body": {"model": "m" * 256}}).encode(), LIMITS) is not None
+
+
+@pytest.mark.parametrize("number", [b"1e999", b"-1E+400", b"9" * 5000])
+def test_numbers_no_double_can_hold_are_declined(number: bytes) -> None:
+    # Declined here, so the full validator reports them, as it does for a pretty-printed body.
+    assert fast_validate(_raw_with(body=b'{"model":"m","x":%b}' % number), LIMITS) is None
+
+
+def test_model_names_longer_than_the_index_allows_are_refused() -> None:
+    errors = validate_request({**BASE, "body": {"model": "m" * 257}}, LIMITS)
+    assert isinstance(errors, list)
+    assert [e["source"]["pointer"] for e in errors] == ["/body/model"]
+    assert "256 bytes" in errors[0]["detail"]
 
 
 def _raw_with(custom_id: bytes = b"c1", body: bytes = b'{"model":"m","input":"x"}') -> bytes:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ from tests.intake_api.conftest import (
     count_rows,
     execute,
     fetch_row,
+    http_client,
     serve,
     valid_request,
     without,
@@ -373,6 +375,71 @@ def test_undecodable_and_too_deep_items_are_invalid_in_place_and_the_rest_is_sto
         assert fetch_row(shared_api.db_url, f"{prefix}-good-{i}") is not None
     assert fetch_row(shared_api.db_url, f"{prefix}-bad-utf8-body") is None
     assert fetch_row(shared_api.db_url, f"{prefix}-bad-deep-400") is None
+
+
+@pytest.mark.parametrize("ndjson", [False, True], ids=["array", "ndjson"])
+def test_items_json_or_the_index_cannot_take_are_invalid_in_place_and_the_rest_is_stored(
+    shared_client: httpx.Client, shared_api: SharedApi, ndjson: bool
+) -> None:
+    """A lone surrogate escape, a broken item, a model longer than an index row: each fails alone."""
+    p = b"nd-odd" if ndjson else b"arr-odd"
+    items = [
+        json.dumps(valid_request(f"{p.decode()}-good-0")).encode(),
+        _raw_item(p + b"-surrogate", b'{"model":"gpt-4o-mini","input":"\\ud800"}'),
+        b'{"custom_id": "' + p + b'-broken", "url": }',
+        _raw_item(p + b"-long-model", b'{"model":"%b","input":"hi"}' % (b"m" * 3000)),
+        json.dumps(valid_request(f"{p.decode()}-good-1")).encode(),
+    ]
+    if ndjson:
+        resp = shared_client.post("/api/requests/bulk", content=b"\n".join(items), headers=NDJSON)
+    else:
+        raw = b"[" + b",".join(items) + b"]"
+        resp = shared_client.post(
+            "/api/requests/bulk", content=raw, headers={"content-type": "application/json"}
+        )
+    assert resp.status_code == 200, resp.text[:500]
+    results = _results_ok(resp.json(), len(items))
+    assert [r["status"] for r in results] == ["accepted", "invalid", "invalid", "invalid", "accepted"]
+    assert [_pointers(r) for r in results[1:4]] == [["/1"], ["/2"], ["/3/body/model"]]
+    for i in range(2):
+        assert fetch_row(shared_api.db_url, f"{p.decode()}-good-{i}") is not None
+    assert count_rows_like(shared_api.db_url, f"{p.decode()}-%") == 2
+
+
+def count_rows_like(db_url: str, pattern: str) -> int:
+    return execute(db_url, "SELECT count(*) FROM batchman.requests WHERE custom_id LIKE %s", (pattern,))[0][0]
+
+
+@pytest.mark.parametrize("content_type", ["Application/X-NDJSON", "application/JSONL; charset=UTF-8"])
+def test_ndjson_media_type_is_case_insensitive(
+    shared_client: httpx.Client, shared_api: SharedApi, content_type: str
+) -> None:
+    custom_id = f"nd-case-{content_type[:15]}"
+    raw = json.dumps(valid_request(custom_id)).encode() + b"\n"
+    resp = shared_client.post("/api/requests/bulk", content=raw, headers={"content-type": content_type})
+    assert resp.status_code == 200, resp.text[:300]
+    assert fetch_row(shared_api.db_url, custom_id) is not None
+
+
+def test_concurrent_bulk_calls_sharing_custom_ids_store_each_once(shared_api: SharedApi) -> None:
+    """Two calls inserting the same ids in opposite orders can deadlock in Postgres: never a 500."""
+    for round_ in range(3):
+        ids = [f"overlap-{round_}-{i:04d}" for i in range(2000)]
+        bodies = [[valid_request(cid) for cid in order] for order in (ids, ids[::-1])]
+
+        def post(body: list, url: str = shared_api.url) -> httpx.Response:
+            with http_client(url) as c:
+                return c.post("/api/requests/bulk", json=body, timeout=120)
+
+        with ThreadPoolExecutor(2) as pool:
+            responses = list(pool.map(post, bodies))
+        assert [r.status_code for r in responses] == [200, 200], [r.text[:300] for r in responses]
+        statuses: dict[str, list[str]] = {cid: [] for cid in ids}
+        for r in responses:
+            for item in _results_ok(r.json(), len(ids)):
+                statuses[item["custom_id"]].append(item["status"])
+        assert all(sorted(s) == ["accepted", "duplicate"] for s in statuses.values())
+        assert count_rows_like(shared_api.db_url, f"overlap-{round_}-%") == len(ids)
 
 
 def test_bulk_array_of_one_too_deep_item_reports_it_invalid(shared_client: httpx.Client) -> None:

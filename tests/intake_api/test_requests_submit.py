@@ -366,6 +366,9 @@ BAD_WEBHOOK_URLS = {
     "no-host-path": "https:///hook",
     "no-scheme": "hooks.example.com/path",
     "javascript": "javascript:alert(1)",
+    "port-out-of-range": "http://hooks.example.com:99999/hook",
+    "port-zero": "http://hooks.example.com:0/hook",
+    "port-not-a-number": "http://hooks.example.com:80a/hook",
     "not-string": 8080,
     "empty": "",
     "null": None,
@@ -393,6 +396,9 @@ INVALID_CASES: list[tuple[str, dict[str, Any], str]] = [
     ("model-null", _bad_body("model-null", model=None), "/body/model"),
     ("model-empty", _bad_body("model-empty", model=""), "/body/model"),
     ("model-object", _bad_body("model-object", model={"name": "gpt-4o"}), "/body/model"),
+    # The model is an index key; an index row holds at most 2,704 bytes (this used to be a 500).
+    ("model-257-bytes", _bad_body("model-257-bytes", model="m" * 257), "/body/model"),
+    ("model-3000-bytes", _bad_body("model-3000-bytes", model="模" * 1000), "/body/model"),
     ("stream-true", _bad_body("stream-true", stream=True), "/body/stream"),
     ("custom_id-empty", valid_request(""), "/custom_id"),
     ("custom_id-blank", valid_request("   "), "/custom_id"),
@@ -502,6 +508,25 @@ def test_custom_id_max_length_follows_the_settings(tmp_path: Path, db_url: str) 
         assert_error(
             c.post("/api/requests", json=valid_request("a" * 11)), 422, "validation_error", "/custom_id"
         )
+
+
+@pytest.mark.parametrize("indent", [None, 2], ids=["compact", "pretty"])
+@pytest.mark.parametrize("number", ["1e999", "-1E+400", "9" * 5000], ids=["exp", "neg-exp", "5000-digits"])
+def test_numbers_no_double_can_hold_get_the_same_422_however_the_body_is_laid_out(
+    shared_client: httpx.Client, shared_api: SharedApi, number: str, indent: int | None
+) -> None:
+    custom_id = f"huge-number-{indent}-{number[:8]}"
+    text = json.dumps(_bad_body(custom_id, x="NUMBER"), indent=indent).replace('"NUMBER"', number)
+    resp = shared_client.post("/api/requests", content=text, headers={"content-type": "application/json"})
+    assert_error(resp, 422, "invalid_json", "/")
+    assert fetch_row(shared_api.db_url, f"bad-{custom_id}") is None
+
+
+def test_model_of_256_bytes_is_accepted(shared_client: httpx.Client, shared_api: SharedApi) -> None:
+    req = valid_request("model-256", body={"model": "é" * 128, "input": "hi"})
+    assert shared_client.post("/api/requests", json=req).status_code == 202
+    row = fetch_row(shared_api.db_url, "model-256")
+    assert row is not None and row["model"] == "é" * 128
 
 
 @pytest.mark.parametrize(
