@@ -6,12 +6,14 @@ import argparse
 import contextlib
 import logging
 import os
+import signal
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from batch_pipeline.config import ConfigError, Settings, get_settings
+from batch_pipeline.supervisor import STOP_SIGNALS, StopRequested, raise_on_stop_signals
 
 if TYPE_CHECKING:
     from batch_pipeline.supervisor import Supervisor
@@ -54,7 +56,10 @@ def cmd_api(settings: Settings, args: argparse.Namespace) -> int:
 
     with database(settings) as dsn:
         migrate(dsn)
-        os.environ["DATABASE_URL"] = dsn  # the factory below reads settings afresh in each worker
+        os.environ["DATABASE_URL"] = dsn
+        # The factory below reads get_settings(): afresh in a spawned worker, but with --workers 1 in
+        # this process, where main() cached them before DATABASE_URL held the embedded server's URL.
+        get_settings.cache_clear()
         uvicorn.run(
             "intake_api.main:create_app",
             factory=True,
@@ -83,12 +88,19 @@ def cmd_simulator(settings: Settings, args: argparse.Namespace) -> int:
 
 def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
     from batch_pipeline.migrate import migrate
-    from batch_pipeline.supervisor import Supervisor, batchman_argv
 
     with database(settings) as dsn:
         migrate(dsn)
         env = {**os.environ, "DATABASE_URL": dsn}
-        sup = Supervisor(env)
+        return _supervise(settings, args, env, dsn)
+
+
+def _supervise(settings: Settings, args: argparse.Namespace, env: dict[str, str], dsn: str) -> int:
+    """Start every process of the service and wait for them; the exit code of ``up``."""
+    from batch_pipeline.supervisor import Supervisor, batchman_argv
+
+    # In a `with`, so children started before a stop signal (or a failed start) are stopped too.
+    with Supervisor(env) as sup:
         if settings.simulator_mode:
             log.warning(SIMULATOR_BANNER.format(port=settings.simulator_port))
             env["OPENAI_BASE_URL"] = settings.openai_client_base_url
@@ -141,6 +153,12 @@ def cmd_consumer(settings: Settings, _: argparse.Namespace) -> int:
     return consumer_main() or 0
 
 
+# Commands that may start an embedded Postgres: a stop signal must unwind them so that it is stopped.
+STOPPED_BY_UNWINDING = ("up", "api", "migrate")
+# Services, for which a stop on request is their normal end (exit 0, as `up` after start-up always had).
+SERVICES = ("up", "api")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="batchman", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -163,6 +181,23 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
+    if args.command not in STOPPED_BY_UNWINDING:
+        return _run(args)
+    # Before anything starts: a SIGTERM's default action kills us without running any cleanup.
+    previous = {signum: signal.getsignal(signum) for signum in STOP_SIGNALS}
+    raise_on_stop_signals()
+    try:
+        return _run(args)
+    except StopRequested as stop:
+        log.info("stopped by %s", stop)
+        # A one-shot command cut short did not do its job; shells report that as 128 + the signal.
+        return 0 if args.command in SERVICES else 128 + stop.signum
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def _run(args: argparse.Namespace) -> int:
     try:
         settings = get_settings()
     except ConfigError as exc:

@@ -125,6 +125,15 @@ class Settings(BaseSettings):
             raise ValueError("waits must not be negative")
         return value
 
+    @field_validator("data_dir", mode="before")
+    @classmethod
+    def _data_dir_not_empty(cls, value: object) -> object:
+        # Path("") is the current directory: the database and Dagster's files would land wherever the
+        # service happens to be started. Unset means ./data; empty is a mistake.
+        if isinstance(value, str) and not value.strip():
+            raise ValueError("must not be empty (unset it for the default, ./data)")
+        return value
+
     @field_validator("database_url", mode="before")
     @classmethod
     def _database_url(cls, value: str | None) -> str | None:

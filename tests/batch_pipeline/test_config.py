@@ -2,9 +2,20 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
-from batch_pipeline.config import DEFAULT_BATCH_MAX_BYTES, ConfigError, load_settings, normalize_database_url
+from batch_pipeline.config import (
+    DEFAULT_BATCH_MAX_BYTES,
+    SIMULATOR_DEFAULTS,
+    ConfigError,
+    Settings,
+    load_settings,
+    normalize_database_url,
+)
+
+ENV_EXAMPLE = Path(__file__).resolve().parents[2] / ".env.example"
 
 
 @pytest.fixture(autouse=True)
@@ -114,29 +125,96 @@ def test_normalize_keeps_query() -> None:
 
 
 def _documented_names(text: str) -> set[str]:
+    """Names set in the file, or shown commented out (``# NAME=value``: documented, left unset)."""
     import re
 
     return set(re.findall(r"^#?\s*([A-Z][A-Z0-9_]+)=", text, re.M))
 
 
+def test_commented_out_lines_count_as_documented() -> None:
+    assert _documented_names("A_B=1\n# SENSOR_INTERVAL_SECONDS=30\n#X_Y=\n# prose, NOT=this\n") == {
+        "A_B",
+        "SENSOR_INTERVAL_SECONDS",
+        "X_Y",
+    }
+
+
 def test_env_example_lists_every_setting_and_loads_as_is(tmp_path) -> None:
     """A newcomer copies .env.example to .env: every variable must be there, and the file must load."""
-    from pathlib import Path
-
-    from batch_pipeline.config import Settings, load_settings
     from batch_pipeline.simulator.settings import ENV_PREFIX, SimulatorSettings
 
-    root = Path(__file__).resolve().parents[2]
-    example = root / ".env.example"
-    readme = (root / "README.md").read_text()
-    names = _documented_names(example.read_text())
+    readme = (ENV_EXAMPLE.parent / "README.md").read_text()
+    names = _documented_names(ENV_EXAMPLE.read_text())
     wanted = {f.upper() for f in Settings.model_fields} | {
         f"{ENV_PREFIX}{f}".upper() for f in SimulatorSettings.model_fields
     }
     assert wanted - names == set()
     assert {n for n in wanted if f"`{n}`" not in readme} == set()
-    load_settings(_env_file=example, data_dir=tmp_path)  # nothing in it is refused
-    SimulatorSettings(_env_file=example)
+    load_settings(_env_file=ENV_EXAMPLE, data_dir=tmp_path)  # nothing in it is refused
+    SimulatorSettings(_env_file=ENV_EXAMPLE)
+
+
+def _without_setting_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No variable of ours (service or simulator) from the developer's environment takes part."""
+    from batch_pipeline.simulator.settings import SimulatorSettings, env_name
+
+    for field in Settings.model_fields:
+        monkeypatch.delenv(field.upper(), raising=False)
+    for field in SimulatorSettings.model_fields:
+        monkeypatch.delenv(env_name(field), raising=False)
+
+
+@pytest.mark.parametrize("key", [None, "sk-test"], ids=["simulator", "openai"])
+def test_a_copy_of_env_example_changes_nothing(key: str | None, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Copying .env.example to .env gives the settings of no .env at all: on the simulator, the short
+    timings (values set in the file would count as the user's and keep the hour-long defaults)."""
+    from batch_pipeline.simulator.settings import SimulatorSettings
+
+    _without_setting_env(monkeypatch)
+    if key:
+        monkeypatch.setenv("OPENAI_API_KEY", key)
+    from_example = load_settings(_env_file=ENV_EXAMPLE)
+    without = load_settings(_env_file=None)
+    assert from_example.simulator_mode is (key is None)
+    shortened = {name: getattr(from_example, name) for name in SIMULATOR_DEFAULTS}
+    assert shortened == {name: getattr(without, name) for name in SIMULATOR_DEFAULTS}
+    if key is None:
+        assert shortened == SIMULATOR_DEFAULTS
+    assert from_example.model_dump() == without.model_dump()
+    assert SimulatorSettings(_env_file=ENV_EXAMPLE) == SimulatorSettings(_env_file=None)
+
+
+def test_commented_out_lines_of_env_example_show_the_defaults(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Uncommented, a ``# NAME=value`` line of a service setting sets it to its default (with a key,
+    where nothing is shortened)."""
+    import re
+
+    _without_setting_env(monkeypatch)
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+    ours = "|".join(name.upper() for name in Settings.model_fields)
+    uncommented = re.sub(rf"^#\s*(({ours})=)", r"\1", ENV_EXAMPLE.read_text(), flags=re.M)
+    assert uncommented != ENV_EXAMPLE.read_text()  # the timings above are there, commented out
+    env_file = tmp_path / ".env"
+    env_file.write_text(uncommented)
+    assert load_settings(_env_file=env_file).model_dump() == load_settings(_env_file=None).model_dump()
+
+
+@pytest.mark.parametrize("value", ["", "  "])
+def test_an_empty_data_dir_is_refused(value: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Path("") would be the current directory: the embedded database wherever the service started.
+    monkeypatch.setenv("DATA_DIR", value)
+    with pytest.raises(ConfigError, match=r"DATA_DIR: .*must not be empty"):
+        settings()
+
+
+def test_an_empty_data_dir_in_env_file_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("DATA_DIR", raising=False)
+    env_file = tmp_path / ".env"
+    env_file.write_text("DATA_DIR=\n")
+    with pytest.raises(ConfigError, match="DATA_DIR"):
+        load_settings(_env_file=env_file)
 
 
 @pytest.mark.parametrize("secret", ["whsec_not*base64", "whsec_c2hvcnQ="])
