@@ -105,7 +105,8 @@ def _supervise(settings: Settings, args: argparse.Namespace, env: dict[str, str]
             log.warning(SIMULATOR_BANNER.format(port=settings.simulator_port))
             env["OPENAI_BASE_URL"] = settings.openai_client_base_url
             # Its batches and files must outlive a restart, as our database does.
-            env.setdefault("SIMULATOR_DATA_DIR", str(settings.data_dir.resolve() / "simulator"))
+            if not env.get("SIMULATOR_DATA_DIR", "").strip():
+                env["SIMULATOR_DATA_DIR"] = str(settings.data_dir.resolve() / "simulator")
             sup.start("simulator", batchman_argv("simulator", "--host", "127.0.0.1"))
         sup.start("api", batchman_argv("api", "--host", args.host))
         _start_dagster(sup, settings, env, dsn, args.host)

@@ -129,6 +129,12 @@ class SimulatorSettings(BaseSettings, FaultConfig):
         "info", description="Log level used by serve()."
     )
 
+    @field_validator("data_dir", mode="before")
+    @classmethod
+    def _empty_data_dir_is_unset(cls, value: Any) -> Any:
+        # Path("") would be the current directory; an empty SIMULATOR_DATA_DIR= line means "not set".
+        return None if isinstance(value, str) and not value.strip() else value
+
     def fault_config(self) -> FaultConfig:
         return FaultConfig(**self.model_dump(include=set(FaultConfig.model_fields)))
 

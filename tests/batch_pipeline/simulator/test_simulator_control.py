@@ -175,6 +175,14 @@ def test_settings_errors_name_the_variable(monkeypatch: pytest.MonkeyPatch) -> N
         load_settings(_env_file=None)
 
 
+@pytest.mark.parametrize("value", ["", "  "])
+def test_an_empty_data_dir_means_unset_not_the_current_directory(
+    monkeypatch: pytest.MonkeyPatch, value: str
+) -> None:
+    monkeypatch.setenv("SIMULATOR_DATA_DIR", value)
+    assert load_settings(_env_file=None).data_dir is None
+
+
 def test_defaults_match_the_documentation() -> None:
     defaults = SimulatorSettings(_env_file=None, _env_prefix="SIMULATOR_TESTS_IGNORE_")
     assert (defaults.validating_seconds, defaults.in_progress_seconds) == (1, 3)
