@@ -105,7 +105,9 @@ def fast_validate(raw: bytes, limits: Limits, url_policy: UrlPolicy | None = Non
         or not model.strip()
         or (len(model) > MODEL_MAX_BYTES // 4 and len(model.encode()) > MODEL_MAX_BYTES)
         or body.get("stream") is True
-        or b"\\u0000" in raw  # NUL (escaped in JSON): the full validator rejects it
+        # NUL (escaped in JSON) is refused by the full validator. Many requests hold no escape at all,
+        # and looking for a backslash (memchr) costs a third of looking for the escape.
+        or (b"\\" in raw and b"\\u0000" in raw)
         or b"\n" in body_raw
         or b"\r" in body_raw
         or not _nests_at_most(body_raw, MAX_BODY_DEPTH)

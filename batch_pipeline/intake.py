@@ -85,10 +85,11 @@ class IntakeService:
             limit = self._token_limits[model] = token_limit_for(model, self._overrides)
         return limit
 
-    def check(self, obj: Any, pointer: str = "") -> NewRequest | Outcome:
+    def check(self, obj: Any, index: int | None = None) -> NewRequest | Outcome:
         """Validate one item (after ``refresh_limits``): a ``NewRequest``, or the ``Outcome`` to report.
 
-        ``obj`` is raw JSON bytes (fast path first) or an already decoded value.
+        ``obj`` is raw JSON bytes (fast path first) or an already decoded value; ``index`` is its place
+        in a bulk call, which error pointers start with.
         """
         if isinstance(obj, bytes | bytearray | memoryview):
             fast = fast_validate(bytes(obj), self.limits, self.url_policy)
@@ -98,6 +99,7 @@ class IntakeService:
                 obj = orjson.loads(obj)
             except orjson.JSONDecodeError as exc:
                 obj = Undecodable(f"not valid JSON: {exc}")
+        pointer = "" if index is None else f"/{index}"  # built off the fast path only
         if isinstance(obj, Undecodable):
             return Outcome(
                 "invalid", None, [error(obj.detail, pointer or "/", "invalid_json", "Invalid JSON")]
@@ -158,7 +160,7 @@ class IntakeService:
                     index += 1
                     if max_items is not None and index >= max_items:
                         raise TooManyItems(max_items)
-                    checked = self.check(obj, f"/{index}")
+                    checked = self.check(obj, index)
                     if isinstance(checked, Outcome):
                         outcomes.append(checked)
                     elif checked.custom_id in seen:  # the first occurrence in one call wins

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -39,6 +40,12 @@ def create_app(settings: Settings | None = None, database_url: str | None = None
         )
         await pool.open()
         app.state.pool = pool
+        if gc.get_freeze_count() == 0:  # once per process (tests start many apps in one)
+            # What start-up built (modules, routes, schemas) lives as long as the process. Moved out of
+            # the collector's sight, it no longer sets off and slows full collections: one took 50 ms
+            # of every 50,000-item bulk call.
+            gc.collect()
+            gc.freeze()
         try:
             yield
         finally:
