@@ -89,13 +89,29 @@ def _openapi(app: FastAPI, settings: Settings) -> dict:
             components.pop(name, None)
         for path in schema["paths"].values():
             for op in path.values():
-                default_422 = op.get("responses", {}).get("422", {})
-                if "HTTPValidationError" in str(default_422):
-                    op["responses"]["422"] = {
-                        "description": "Validation Error",
-                        "content": {
-                            "application/json": {"schema": {"$ref": "#/components/schemas/ErrorEnvelope"}}
-                        },
-                    }
+                responses = op.setdefault("responses", {})
+                if "HTTPValidationError" in str(responses.get("422", {})):
+                    if _cannot_fail_validation(op):
+                        del responses["422"]  # FastAPI adds one for any parameter, even a plain string
+                    else:
+                        responses["422"] = _envelope_response("Validation Error")
+                # Any route answers 500 (in the envelope) when something it depends on breaks.
+                responses.setdefault("500", _envelope_response("Internal Server Error"))
         app.openapi_schema = schema
     return app.openapi_schema
+
+
+def _envelope_response(description: str) -> dict:
+    content = {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorEnvelope"}}}
+    return {"description": description, "content": content}
+
+
+def _cannot_fail_validation(op: dict) -> bool:
+    """No body and only unconstrained string path parameters: nothing FastAPI could answer 422 for."""
+    params = op.get("parameters", [])
+    return "requestBody" not in op and all(
+        p.get("in") == "path"
+        and set(p.get("schema", {})) <= {"type", "title"}
+        and p["schema"].get("type") == "string"
+        for p in params
+    )

@@ -103,11 +103,23 @@ def test_error_responses_reference_the_error_envelope(shared_client: httpx.Clien
         for method in methods:
             op = schema["paths"][path][method]
             for status, response in op["responses"].items():
-                if status in ("401", "404", "409", "413", "422"):
+                if status in ("401", "404", "409", "413", "422", "500"):
                     ref = response["content"]["application/json"]["schema"]
                     assert ref == {"$ref": ENVELOPE_REF}, f"{method} {path} {status}: {ref}"
                     checked += 1
     assert checked >= 10
+
+
+def test_every_operation_documents_500_and_only_reachable_422s(shared_client: httpx.Client) -> None:
+    schema = _schema(shared_client)
+    for path, ops in schema["paths"].items():
+        for method, op in ops.items():
+            response = op["responses"]["500"]["content"]["application/json"]["schema"]
+            assert response == {"$ref": ENVELOPE_REF}, f"{method} {path}"
+    # A plain string in the path cannot fail validation, so this lookup never answers 422.
+    assert "422" not in schema["paths"]["/api/requests/{custom_id}"]["get"]["responses"]
+    assert "422" in schema["paths"]["/api/requests/{custom_id}/redeliver"]["post"]["responses"]
+    assert "422" in schema["paths"]["/api/requests"]["get"]["responses"]  # limit=0, state=nope
 
 
 def test_swaggerui_serves_html_pointing_at_the_document(shared_client: httpx.Client) -> None:
