@@ -10,8 +10,9 @@ import logging
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +52,13 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ApiErrors)
     async def _api_error(_: Request, exc: ApiError | ApiErrors) -> JSONResponse:
         return error_response(exc.status, exc.errors)
+
+    @app.exception_handler(ClientDisconnect)
+    async def _client_gone(request: Request, _: ClientDisconnect) -> Response:
+        # The client left before its body was complete: nothing was stored, nobody reads an answer, and
+        # it is no server error (unhandled, it was logged as one, with a traceback).
+        log.info("client disconnected during %s %s", request.method, request.url.path)
+        return Response(status_code=400)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:

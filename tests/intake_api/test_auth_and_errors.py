@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import logging
+import socket
+import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -110,3 +114,38 @@ def test_wrong_method_answers_405_envelope(shared_client: httpx.Client, method: 
     errors = assert_error(resp, 405, "method_not_allowed")
     assert errors[0]["title"] == "Method Not Allowed"
     assert resp.headers.get("allow"), "a 405 names the allowed methods"
+
+
+class _Records(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+def test_a_client_that_leaves_mid_body_is_no_server_error(api: Any, db_url: str) -> None:
+    records = _Records()
+    loggers = [logging.getLogger(name) for name in ("intake_api.errors", "uvicorn.error")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.addHandler(records)
+        logger.setLevel(logging.INFO)
+    try:
+        port = int(api.url.rsplit(":", 1)[1])
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+            sock.sendall(
+                b"POST /api/requests HTTP/1.1\r\nHost: test\r\ncontent-type: application/json\r\n"
+                b'content-length: 1000\r\n\r\n{"custom_id": "left-early",'
+            )
+        deadline = time.monotonic() + 15
+        while not any("client disconnected" in r.getMessage() for r in records.records):
+            assert time.monotonic() < deadline, [r.getMessage() for r in records.records]
+            time.sleep(0.05)
+    finally:
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.removeHandler(records)
+            logger.setLevel(level)
+    assert [r.getMessage() for r in records.records if r.levelno >= logging.ERROR] == []
+    assert count_rows(db_url) == 0
