@@ -128,6 +128,10 @@ def _copy_text(value: str) -> str:
     return value
 
 
+def _config_field(delivery_config: dict[str, str]) -> str:
+    return _copy_text(orjson.dumps(delivery_config).decode())
+
+
 def copy_line(r: NewRequest, delivery_config: str | None = None) -> str:
     """One row of ``COPY_REQUESTS`` in COPY's text format, ending in a newline.
 
@@ -136,7 +140,7 @@ def copy_line(r: NewRequest, delivery_config: str | None = None) -> str:
     COPY costs us. ``delivery_config`` is the already formatted JSON field, when the caller has it.
     """
     if delivery_config is None:
-        delivery_config = _copy_text(orjson.dumps(r.delivery_config).decode())
+        delivery_config = _config_field(r.delivery_config)
     # url needs no escaping: it is one of the supported endpoints.
     return (
         f"{_copy_text(r.custom_id)}\t{r.url}\t{_copy_text(r.model)}\t{_copy_text(r.payload)}\t"
@@ -176,7 +180,7 @@ class BulkWriter:
         key = tuple(request.delivery_config.values())
         config = self._configs.get(key)
         if config is None:
-            config = self._configs[key] = _copy_text(orjson.dumps(request.delivery_config).decode())
+            config = self._configs[key] = _config_field(request.delivery_config)
         line = copy_line(request, config)
         self._lines.append(line)
         self._buffered += len(line)
@@ -211,15 +215,13 @@ async def insert_bulk_conflict_safe(
     conn: psycopg.AsyncConnection, requests: Sequence[NewRequest]
 ) -> set[str]:
     """Insert through a staging table with ON CONFLICT DO NOTHING; return the custom_ids inserted."""
-    for attempt in range(1, CONFLICT_ATTEMPTS + 1):
+    for _ in range(CONFLICT_ATTEMPTS - 1):
         try:
             return await _insert_through_staging(conn, requests)
         except psycopg.errors.DeadlockDetected:
             # With a concurrent optimistic COPY; ours is rolled back, so the other can finish.
             await conn.rollback()
-            if attempt == CONFLICT_ATTEMPTS:
-                raise
-    raise AssertionError("unreachable")
+    return await _insert_through_staging(conn, requests)  # the last attempt raises what it meets
 
 
 async def _insert_through_staging(conn: psycopg.AsyncConnection, requests: Sequence[NewRequest]) -> set[str]:
