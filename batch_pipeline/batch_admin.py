@@ -52,7 +52,7 @@ MAX_CUTS_PER_GROUP = 20
 SDK_MAX_RETRIES = 2
 SDK_TIMEOUT_SECONDS = 30.0
 # The key the simulator accepts when no OpenAI key is configured (any bearer token works there).
-SIMULATOR_API_KEY = "sk-simulator"
+SIM_KEY_PLACEHOLDER = "sk-simulator"
 
 
 class BatchNotFound(LookupError):
@@ -309,7 +309,7 @@ async def cancel_batch(conn: psycopg.AsyncConnection, settings: Settings, batch_
 
 def _client_options(settings: Settings) -> dict[str, Any]:
     """How the API's own OpenAI calls (sync and async clients alike) reach OpenAI or the simulator."""
-    api_key = settings.openai_api_key.get_secret_value() if settings.openai_api_key else SIMULATOR_API_KEY
+    api_key = settings.openai_api_key.get_secret_value() if settings.openai_api_key else SIM_KEY_PLACEHOLDER
     return {
         "base_url": settings.openai_client_base_url,
         "api_key": api_key,

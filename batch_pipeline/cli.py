@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("batchman")
 
-SIMULATOR_BANNER = """
+SIM_MODE_BANNER = """
 ************************************************************************
 *  SIMULATOR MODE: OPENAI_API_KEY is not set.                          *
 *  Batches go to the built-in OpenAI Batch API simulator on :{port:<5}     *
@@ -102,7 +102,7 @@ def _supervise(settings: Settings, args: argparse.Namespace, env: dict[str, str]
     # In a `with`, so children started before a stop signal (or a failed start) are stopped too.
     with Supervisor(env) as sup:
         if settings.simulator_mode:
-            log.warning(SIMULATOR_BANNER.format(port=settings.simulator_port))
+            log.warning(SIM_MODE_BANNER.format(port=settings.simulator_port))
             env["OPENAI_BASE_URL"] = settings.openai_client_base_url
             # Its batches and files must outlive a restart, as our database does.
             if not env.get("SIMULATOR_DATA_DIR", "").strip():

@@ -39,7 +39,7 @@ def normalize_database_url(url: str) -> str:
     raise ValueError(f"scheme {parts.scheme or '(none)'!r} is not one of postgres://, postgresql://, ecto://")
 
 
-SIMULATOR_DEFAULTS = {
+SIM_MODE_DEFAULTS = {
     "batch_max_age_seconds": 10,
     "sensor_interval_seconds": 5,
     "openai_poll_interval_seconds": 5,
@@ -180,7 +180,7 @@ class Settings(BaseSettings):
         # On the simulator a newcomer's first request should reach its webhook within about a minute,
         # so timings the user did not set are shortened.
         if self.simulator_mode:
-            for name, value in SIMULATOR_DEFAULTS.items():
+            for name, value in SIM_MODE_DEFAULTS.items():
                 if name not in self.model_fields_set:
                     object.__setattr__(self, name, value)
         return self

@@ -23,7 +23,7 @@ from batch_pipeline.validation import (
     CUSTOM_ID_MAX_BYTES,
     MAX_BODY_DEPTH,
     MODEL_MAX_BYTES,
-    RABBITMQ_QUEUE_MAX_BYTES,
+    QUEUE_NAME_MAX_BYTES,
     Limits,
     NewRequest,
     UrlPolicy,
@@ -119,7 +119,7 @@ def fast_validate(raw: bytes, limits: Limits, url_policy: UrlPolicy | None = Non
         delivery = {"type": "webhook", "webhook_url": cfg.webhook_url}
     else:
         queue = cfg.rabbitmq_queue
-        if not queue.strip() or len(queue.encode()) > RABBITMQ_QUEUE_MAX_BYTES:
+        if not queue.strip() or len(queue.encode()) > QUEUE_NAME_MAX_BYTES:
             return None
         delivery = {"type": "rabbitmq", "rabbitmq_queue": queue}
     line = b'{"custom_id":%b,"method":"POST","url":"%b","body":%b}' % (

@@ -22,7 +22,7 @@ from batch_pipeline.endpoints import ENDPOINTS, SUPPORTED_URLS
 from batch_pipeline.tokens import count_embedding_inputs, estimate_tokens
 
 TOP_LEVEL_FIELDS = ("custom_id", "url", "method", "body", "delivery_config")
-RABBITMQ_QUEUE_MAX_BYTES = 255  # AMQP short string
+QUEUE_NAME_MAX_BYTES = 255  # AMQP short string
 # A btree index row holds at most 2,704 bytes; the unique index on custom_id needs some margin.
 CUSTOM_ID_MAX_BYTES = 2048
 # Levels of arrays and objects in ``body`` (the body object is one), or any other field. Real requests
@@ -114,7 +114,7 @@ def _delivery_errors(cfg: Any, pointer: str, url_policy: UrlPolicy | None) -> li
                     "rabbitmq_queue is required and must be a non-empty string", f"{pointer}/rabbitmq_queue"
                 )
             )
-        elif len(queue.encode()) > RABBITMQ_QUEUE_MAX_BYTES:
+        elif len(queue.encode()) > QUEUE_NAME_MAX_BYTES:
             errs.append(error("rabbitmq_queue must be at most 255 bytes", f"{pointer}/rabbitmq_queue"))
         return errs
     return [error("delivery_config.type must be 'webhook' or 'rabbitmq'", f"{pointer}/type")]

@@ -8,7 +8,7 @@ import pytest
 
 from batch_pipeline.config import (
     DEFAULT_BATCH_MAX_BYTES,
-    SIMULATOR_DEFAULTS,
+    SIM_MODE_DEFAULTS,
     ConfigError,
     Settings,
     load_settings,
@@ -176,10 +176,10 @@ def test_a_copy_of_env_example_changes_nothing(key: str | None, monkeypatch: pyt
     from_example = load_settings(_env_file=ENV_EXAMPLE)
     without = load_settings(_env_file=None)
     assert from_example.simulator_mode is (key is None)
-    shortened = {name: getattr(from_example, name) for name in SIMULATOR_DEFAULTS}
-    assert shortened == {name: getattr(without, name) for name in SIMULATOR_DEFAULTS}
+    shortened = {name: getattr(from_example, name) for name in SIM_MODE_DEFAULTS}
+    assert shortened == {name: getattr(without, name) for name in SIM_MODE_DEFAULTS}
     if key is None:
-        assert shortened == SIMULATOR_DEFAULTS
+        assert shortened == SIM_MODE_DEFAULTS
     assert from_example.model_dump() == without.model_dump()
     assert SimulatorSettings(_env_file=ENV_EXAMPLE) == SimulatorSettings(_env_file=None)
 
