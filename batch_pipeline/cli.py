@@ -13,10 +13,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from batch_pipeline.config import ConfigError, Settings, get_settings
-from batch_pipeline.supervisor import STOP_SIGNALS, StopRequested, raise_on_stop_signals
+from batch_pipeline.runtime.supervisor import STOP_SIGNALS, StopRequested, raise_on_stop_signals
 
 if TYPE_CHECKING:
-    from batch_pipeline.supervisor import Supervisor
+    from batch_pipeline.runtime.supervisor import Supervisor
 
 log = logging.getLogger("batchman")
 
@@ -34,14 +34,14 @@ def database(settings: Settings) -> Iterator[str]:
     if settings.database_url:
         yield settings.database_url
         return
-    from batch_pipeline.embedded_postgres import EmbeddedPostgres
+    from batch_pipeline.runtime.embedded_postgres import EmbeddedPostgres
 
     with EmbeddedPostgres(settings.data_dir) as pg:
         yield pg.url()
 
 
 def cmd_migrate(settings: Settings, _: argparse.Namespace) -> int:
-    from batch_pipeline.migrate import migrate
+    from batch_pipeline.runtime.migrate import migrate
 
     with database(settings) as dsn:
         applied = migrate(dsn)
@@ -52,7 +52,7 @@ def cmd_migrate(settings: Settings, _: argparse.Namespace) -> int:
 def cmd_api(settings: Settings, args: argparse.Namespace) -> int:
     import uvicorn
 
-    from batch_pipeline.migrate import migrate
+    from batch_pipeline.runtime.migrate import migrate
 
     with database(settings) as dsn:
         migrate(dsn)
@@ -87,7 +87,7 @@ def cmd_simulator(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
-    from batch_pipeline.migrate import migrate
+    from batch_pipeline.runtime.migrate import migrate
 
     with database(settings) as dsn:
         migrate(dsn)
@@ -97,7 +97,7 @@ def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
 
 def _supervise(settings: Settings, args: argparse.Namespace, env: dict[str, str], dsn: str) -> int:
     """Start every process of the service and wait for them; the exit code of ``up``."""
-    from batch_pipeline.supervisor import Supervisor, batchman_argv
+    from batch_pipeline.runtime.supervisor import Supervisor, batchman_argv
 
     # In a `with`, so children started before a stop signal (or a failed start) are stopped too.
     with Supervisor(env) as sup:
@@ -122,7 +122,7 @@ def _start_dagster(sup: Supervisor, settings: Settings, env: dict[str, str], dsn
     import shutil
 
     from batch_pipeline.db import dagster_storage_url
-    from batch_pipeline.embedded_postgres import DAGSTER_DATABASE
+    from batch_pipeline.runtime.embedded_postgres import DAGSTER_DATABASE
 
     root = project_root()
     home = settings.data_dir.resolve() / "dagster_home"
@@ -149,7 +149,7 @@ def project_root() -> Path:
 
 
 def cmd_consumer(settings: Settings, _: argparse.Namespace) -> int:
-    from batch_pipeline.rabbitmq_intake import main as consumer_main
+    from batch_pipeline.intake.rabbitmq import main as consumer_main
 
     return consumer_main() or 0
 

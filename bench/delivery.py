@@ -286,7 +286,7 @@ def bench_rabbitmq(db: str) -> None:
 
 def bench_intake(db: str) -> None:
     from batch_pipeline.config import load_settings
-    from batch_pipeline.rabbitmq_intake import IntakeConsumer
+    from batch_pipeline.intake.rabbitmq import IntakeConsumer
 
     print("RabbitMQ intake (chat/completions requests, prefetch 1000, batches of 500)")
     with scratch_queue() as q:

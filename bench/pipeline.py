@@ -32,9 +32,9 @@ import orjson
 import psycopg
 
 from batch_pipeline.db import connect as db_connect
+from batch_pipeline.intake.validation import Limits, validate_request
 from batch_pipeline.store.batching import BatchLimits, cut_batch
 from batch_pipeline.store.requests import COPY_COLUMNS, copy_row
-from batch_pipeline.validation import Limits, validate_request
 from bench.intake import make_request
 from bench.support import free_port, fresh_database, postgres_server, report
 
@@ -117,7 +117,7 @@ def child_upload(mode: str, dsn: str, sim: str, batch_id: int) -> None:
     client = sdk(sim)
     start = time.perf_counter()
     if mode == "ours":
-        from batch_pipeline.submission import submit_batch
+        from batch_pipeline.stages.upload import submit_batch
 
         result = submit_batch(connector(dsn), client, batch_id, lambda _model: UNLIMITED, 0)
         assert result.outcome == "submitted", result
@@ -167,7 +167,7 @@ def bench_upload(dsn: str, sim: str) -> tuple[int, str]:
 
 def _finish_at_openai(dsn: str, sim: str, batch_id: int, openai_batch_id: str) -> str:
     """Complete the batch at the simulator and record it, as the status sensor would."""
-    from batch_pipeline.polling import PollSettings, apply_status
+    from batch_pipeline.stages.status import PollSettings, apply_status
 
     httpx.post(f"{sim}/_sim/batches/{openai_batch_id}/complete", timeout=300).raise_for_status()
     remote = sdk(sim).batches.retrieve(openai_batch_id)
@@ -192,7 +192,7 @@ def _raw_copy_seconds(dsn: str, sim: str, file_id: str, table: str) -> float:
 
 
 def bench_results(dsn: str, sim: str, batch_id: int, openai_batch_id: str) -> None:
-    from batch_pipeline.results import ingest_results
+    from batch_pipeline.stages.results import ingest_results
 
     print(f"results: ingest the {BATCH:,}-line output file of that batch")
     file_id = _finish_at_openai(dsn, sim, batch_id, openai_batch_id)

@@ -15,7 +15,7 @@ from urllib.parse import urlsplit, urlunsplit
 import httpx
 import psycopg
 
-from batch_pipeline.migrate import migrate
+from batch_pipeline.runtime.migrate import migrate
 
 
 @contextlib.contextmanager
@@ -27,7 +27,7 @@ def postgres_server() -> Iterator[str]:
         return
     import tempfile
 
-    from batch_pipeline.embedded_postgres import EmbeddedPostgres
+    from batch_pipeline.runtime.embedded_postgres import EmbeddedPostgres
 
     with tempfile.TemporaryDirectory() as tmp, EmbeddedPostgres(tmp) as pg:
         yield pg.url("postgres")

@@ -11,7 +11,7 @@ from fastapi import Depends, Request
 from psycopg_pool import AsyncConnectionPool
 
 from batch_pipeline.config import Settings
-from batch_pipeline.intake import IntakeService
+from batch_pipeline.intake.service import IntakeService
 from intake_api.errors import ApiError
 
 # Dependencies are ``async def`` although none awaits: FastAPI runs a plain ``def`` dependency in its

@@ -13,8 +13,8 @@ from psycopg_pool import AsyncConnectionPool
 
 import batch_pipeline
 from batch_pipeline.config import Settings, get_settings
-from batch_pipeline.delivery.ssrf import intake_url_policy
-from batch_pipeline.intake import IntakeService
+from batch_pipeline.intake.service import IntakeService
+from batch_pipeline.url_policy import intake_url_policy
 from intake_api.errors import install_error_handlers
 from intake_api.routes import batches, batches_redeliver, health, openai_webhook, requests
 from intake_api.routes import settings as settings_routes

@@ -11,7 +11,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from batch_pipeline.endpoints import SUPPORTED_URLS
+from batch_pipeline.intake.endpoints import SUPPORTED_URLS
 
 EndpointUrl = Literal[SUPPORTED_URLS]  # type: ignore[valid-type]
 

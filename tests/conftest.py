@@ -17,7 +17,7 @@ import pytest
 import uvicorn
 
 from batch_pipeline.config import Settings, load_settings
-from batch_pipeline.migrate import migrate
+from batch_pipeline.runtime.migrate import migrate
 
 IN_CI = os.environ.get("CI", "").lower() == "true"
 
@@ -36,7 +36,7 @@ def pg_server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     if url:
         yield url
         return
-    from batch_pipeline.embedded_postgres import EmbeddedPostgres
+    from batch_pipeline.runtime.embedded_postgres import EmbeddedPostgres
 
     with EmbeddedPostgres(tmp_path_factory.mktemp("embedded-pg")) as pg:
         yield pg.url("postgres")

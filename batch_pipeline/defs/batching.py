@@ -7,10 +7,10 @@ from collections.abc import Callable
 import dagster as dg
 import psycopg
 
-from batch_pipeline.capacity import admit_waiting
 from batch_pipeline.defs.partitions import batch_partitions
 from batch_pipeline.defs.resources import PipelineSettingsResource, PostgresResource
 from batch_pipeline.model_limits import token_limit_for
+from batch_pipeline.stages.capacity import admit_waiting
 from batch_pipeline.store import batches as store
 from batch_pipeline.store.batching import BatchLimits, due_reason, open_batch, queued_groups
 from batch_pipeline.store.model_limits import fetch_overrides_sync

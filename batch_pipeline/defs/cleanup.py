@@ -2,15 +2,15 @@
 
 import dagster as dg
 
-from batch_pipeline.cleanup import (
+from batch_pipeline.defs.partitions import batch_partitions
+from batch_pipeline.defs.resources import OpenAIResource, PipelineSettingsResource, PostgresResource
+from batch_pipeline.stages.cleanup import (
     Connect,
     delete_expired,
     delete_old_webhook_events,
     delete_openai_files,
     orphan_keys,
 )
-from batch_pipeline.defs.partitions import batch_partitions
-from batch_pipeline.defs.resources import OpenAIResource, PipelineSettingsResource, PostgresResource
 
 # Keys looked up in the app database per query, and partitions deleted per run at most (Dagster
 # deletes them one by one; a backlog, e.g. after a mass delete, drains over a few runs).

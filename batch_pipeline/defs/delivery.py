@@ -15,9 +15,9 @@ from batch_pipeline.config import ConfigError, get_settings, normalize_database_
 from batch_pipeline.defs.partitions import batch_partitions
 from batch_pipeline.defs.resources import PipelineSettingsResource, PostgresResource, RabbitMQResource
 from batch_pipeline.delivery.deliverer import DeliveryOptions, deliver_batch
-from batch_pipeline.delivery.ssrf import EgressPolicy
 from batch_pipeline.delivery.webhook import WebhookOptions
 from batch_pipeline.store import deliveries as store
+from batch_pipeline.url_policy import EgressPolicy
 
 # Run tag read by redeliver_job, so a backfill over many batches can say "all" (default: failed).
 REDELIVER_ONLY_TAG = "batchman/redeliver_only"

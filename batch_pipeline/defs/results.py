@@ -6,7 +6,7 @@ from batch_pipeline import openai_client as oai
 from batch_pipeline.defs.partitions import batch_partitions
 from batch_pipeline.defs.resources import OpenAIResource, PipelineSettingsResource, PostgresResource
 from batch_pipeline.defs.upload import TRANSIENT_OPENAI_RETRY
-from batch_pipeline.results import ingest_results
+from batch_pipeline.stages.results import ingest_results
 
 
 @dg.op(retry_policy=TRANSIENT_OPENAI_RETRY, tags={"kind": "openai"})

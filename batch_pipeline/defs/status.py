@@ -3,7 +3,7 @@
 import dagster as dg
 
 from batch_pipeline.defs.resources import OpenAIResource, PipelineSettingsResource, PostgresResource
-from batch_pipeline.polling import PollSettings, poll_due
+from batch_pipeline.stages.status import PollSettings, poll_due
 from batch_pipeline.store import batches as store
 
 MAX_RESULTS_RUNS_PER_TICK = 50

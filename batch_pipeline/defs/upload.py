@@ -7,9 +7,9 @@ from batch_pipeline import openai_client as oai
 from batch_pipeline.defs.partitions import batch_partitions
 from batch_pipeline.defs.resources import OpenAIResource, PipelineSettingsResource, PostgresResource
 from batch_pipeline.model_limits import token_limit_for
+from batch_pipeline.stages.upload import fail_batch, submit_batch
 from batch_pipeline.store.batching import BatchLimits
 from batch_pipeline.store.model_limits import fetch_overrides_sync
-from batch_pipeline.submission import fail_batch, submit_batch
 
 # Transient OpenAI errors (after the SDK's own quick retries): back off and try the op again.
 TRANSIENT_OPENAI_RETRY = dg.RetryPolicy(

@@ -22,9 +22,9 @@ from batch_pipeline.config import Settings
 from batch_pipeline.delivery.attempt import OTHER, OUTCOME_NO_RABBITMQ, Attempt, Delivery
 from batch_pipeline.delivery.backoff import next_delay
 from batch_pipeline.delivery.rabbitmq import RECONNECT_SECONDS, RabbitPublisher
-from batch_pipeline.delivery.ssrf import EgressPolicy
 from batch_pipeline.delivery.webhook import WebhookOptions, WebhookSender
 from batch_pipeline.store import deliveries as store
+from batch_pipeline.url_policy import EgressPolicy
 
 log = logging.getLogger(__name__)
 

@@ -34,7 +34,7 @@ from batch_pipeline.delivery.attempt import (
 )
 from batch_pipeline.delivery.backoff import parse_retry_after
 from batch_pipeline.delivery.signing import Signer
-from batch_pipeline.delivery.ssrf import BlockedByPolicy, EgressPolicy
+from batch_pipeline.url_policy import BlockedByPolicy, EgressPolicy
 
 # Statuses worth retrying: the receiver is overloaded, restarting or asks us to slow down.
 TRANSIENT_STATUSES = frozenset({408, 425, 429}) | frozenset(range(500, 600))

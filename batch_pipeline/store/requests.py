@@ -15,7 +15,7 @@ import psycopg
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
-from batch_pipeline.validation import NewRequest
+from batch_pipeline.intake.validation import NewRequest
 
 INSERT_REQUEST = """
 INSERT INTO batchman.requests

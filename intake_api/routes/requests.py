@@ -11,7 +11,7 @@ import orjson
 from fastapi import APIRouter, Depends, Query, Request, Response
 
 from batch_pipeline.batch_admin import REQUEST_STATES
-from batch_pipeline.intake import TooManyItems
+from batch_pipeline.intake.service import TooManyItems
 from batch_pipeline.store import requests as store
 from intake_api.body import is_ndjson, read_limited, split_array, stream_ndjson
 from intake_api.deps import ConnDep, IntakeDep, SettingsDep, require_token

@@ -20,8 +20,8 @@ import pytest
 
 from batch_pipeline import cli
 from batch_pipeline.config import Settings
-from batch_pipeline.embedded_postgres import postmasters_of
-from batch_pipeline.supervisor import (
+from batch_pipeline.runtime.embedded_postgres import postmasters_of
+from batch_pipeline.runtime.supervisor import (
     STOP_SIGNALS,
     StopRequested,
     Supervisor,

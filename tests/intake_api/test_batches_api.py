@@ -14,7 +14,7 @@ import pytest
 
 from batch_pipeline.simulator.app import create_app as create_simulator
 from batch_pipeline.simulator.settings import SimulatorSettings
-from tests.batch_pipeline.test_batch_admin import add_batch, add_requests, batch, query, transitions
+from tests.batch_pipeline.admin.test_batch_admin import add_batch, add_requests, batch, query, transitions
 from tests.conftest import ServerThread
 from tests.intake_api.conftest import assert_error, serve, valid_request
 
@@ -365,7 +365,7 @@ def test_a_batch_cancelled_while_its_create_call_is_in_flight_is_cancelled_at_op
     import time
 
     from batch_pipeline.db import connect
-    from batch_pipeline.submission import submit_batch
+    from batch_pipeline.stages.upload import submit_batch
 
     local = add_batch(db_url, "uploaded", add_requests(db_url, 1))
     with (

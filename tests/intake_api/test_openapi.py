@@ -13,7 +13,7 @@ import psycopg
 from psycopg.types.json import Jsonb
 
 import batch_pipeline
-from batch_pipeline.endpoints import SUPPORTED_URLS
+from batch_pipeline.intake.endpoints import SUPPORTED_URLS
 from tests.intake_api.conftest import execute, serve, valid_request, without
 
 ENVELOPE_REF = "#/components/schemas/ErrorEnvelope"

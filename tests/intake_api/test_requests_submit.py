@@ -15,7 +15,7 @@ import psycopg
 import pytest
 
 from batch_pipeline.config import Settings
-from batch_pipeline.endpoints import SUPPORTED_URLS
+from batch_pipeline.intake.endpoints import SUPPORTED_URLS
 from tests.intake_api.conftest import (
     TLS_CONTEXT,
     SharedApi,

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from batch_pipeline.endpoints import SUPPORTED_URLS
+from batch_pipeline.intake.endpoints import SUPPORTED_URLS
 
 STAGES = ("batching_sensor", "status_sensor")
 TRANSITIONS_OK = [
@@ -250,7 +250,7 @@ def test_a_stage_that_stopped_without_progress_is_relaunched(
 
 def test_status_checks_stop_at_their_time_budget_when_openai_is_slow(driver, sim, add_requests) -> None:
     from batch_pipeline.db import connect
-    from batch_pipeline.polling import PollSettings, poll_due
+    from batch_pipeline.stages.status import PollSettings, poll_due
 
     for model in ("gpt-4o-mini", "gpt-4.1-mini", "gpt-5-mini"):
         add_requests("/v1/responses", model, 1, prefix=model)

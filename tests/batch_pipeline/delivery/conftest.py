@@ -23,8 +23,8 @@ from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
 from batch_pipeline.delivery.deliverer import DeliveryOptions
-from batch_pipeline.delivery.ssrf import EgressPolicy
 from batch_pipeline.delivery.webhook import WebhookOptions
+from batch_pipeline.url_policy import EgressPolicy
 
 # What a receiver answers: (status, headers) or "hang" to never answer in time.
 Answer = tuple[int, dict[str, str]] | str

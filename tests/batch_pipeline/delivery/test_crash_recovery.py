@@ -38,7 +38,7 @@ REPO = Path(__file__).resolve().parents[3]
 CHILD = """
 import asyncio, sys
 from batch_pipeline.delivery.deliverer import DeliveryOptions, deliver_batch
-from batch_pipeline.delivery.ssrf import EgressPolicy
+from batch_pipeline.url_policy import EgressPolicy
 from batch_pipeline.delivery.webhook import WebhookOptions
 
 hook = WebhookOptions(connect_timeout=5, read_timeout=3600, concurrency=10, policy=EgressPolicy(False))

@@ -8,8 +8,8 @@ import psycopg
 import pytest
 from msgspec.structs import astuple
 
+from batch_pipeline.intake.validation import NewRequest
 from batch_pipeline.store.requests import COPY_REQUESTS, BulkWriter, copy_line, copy_row
-from batch_pipeline.validation import NewRequest
 
 STORED = (
     "SELECT custom_id, endpoint, model, payload, payload_bytes, estimated_tokens, delivery_config,"

@@ -12,11 +12,18 @@ import orjson
 import psycopg
 
 from batch_pipeline.config import Settings
-from batch_pipeline.fast_decode import fast_validate
+from batch_pipeline.intake.fast_decode import fast_validate
+from batch_pipeline.intake.validation import (
+    Limits,
+    NewRequest,
+    RequestTooLarge,
+    UrlPolicy,
+    error,
+    validate_request,
+)
 from batch_pipeline.model_limits import token_limit_for
 from batch_pipeline.store import model_limits as limits_store
 from batch_pipeline.store import requests as requests_store
-from batch_pipeline.validation import Limits, NewRequest, RequestTooLarge, UrlPolicy, error, validate_request
 
 # Overrides change rarely; re-reading them on every request would double the intake's queries.
 OVERRIDES_TTL_SECONDS = 5.0

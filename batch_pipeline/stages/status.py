@@ -20,7 +20,7 @@ from psycopg import sql
 from psycopg.types.json import Jsonb
 
 from batch_pipeline import openai_client as oai
-from batch_pipeline.capacity import token_limit_backoff_minutes
+from batch_pipeline.stages.capacity import token_limit_backoff_minutes
 from batch_pipeline.store import batches as store
 from batch_pipeline.store.transitions import AT_OPENAI, transition
 

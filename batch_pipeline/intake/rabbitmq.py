@@ -28,8 +28,8 @@ import pika.exceptions
 import psycopg
 
 from batch_pipeline.config import Settings, get_settings
-from batch_pipeline.delivery.ssrf import intake_url_policy
-from batch_pipeline.intake import IntakeService, Outcome, Undecodable
+from batch_pipeline.intake.service import IntakeService, Outcome, Undecodable
+from batch_pipeline.url_policy import intake_url_policy
 
 log = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@ from urllib.parse import urlsplit
 import pika
 import pytest
 
-from batch_pipeline.rabbitmq_intake import IntakeConsumer
+from batch_pipeline.intake.rabbitmq import IntakeConsumer
 from tests.batch_pipeline.delivery.conftest import TcpProxy, drain, queue_depth, queue_maker
 from tests.conftest import make_settings
 from tests.intake_api.conftest import count_rows, fetch_row, valid_request
@@ -133,7 +133,7 @@ def test_main_stops_cleanly_on_sigterm(tmp_path, db_url, rabbitmq_url, queues) -
         "RABBITMQ_INPUT_QUEUE": q,
         "OPENAI_API_KEY": "",
     }
-    code = "import sys; from batch_pipeline.rabbitmq_intake import main; sys.exit(main())"
+    code = "import sys; from batch_pipeline.intake.rabbitmq import main; sys.exit(main())"
     proc = subprocess.Popen([sys.executable, "-c", code], env=env, cwd=tmp_path)
     try:
         publish(rabbitmq_url, q, [json.dumps(valid_request("term-1")).encode()])

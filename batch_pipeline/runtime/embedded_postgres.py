@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 
 import psycopg
 
-from batch_pipeline.supervisor import stop_signals_deferred
+from batch_pipeline.runtime.supervisor import stop_signals_deferred
 
 if TYPE_CHECKING:
     import psutil

@@ -18,8 +18,8 @@ from urllib.parse import urlsplit
 import msgspec
 import orjson
 
-from batch_pipeline.endpoints import ENDPOINTS, SUPPORTED_URLS
-from batch_pipeline.tokens import count_embedding_inputs, estimate_tokens
+from batch_pipeline.intake.endpoints import ENDPOINTS, SUPPORTED_URLS
+from batch_pipeline.intake.tokens import count_embedding_inputs, estimate_tokens
 
 TOP_LEVEL_FIELDS = ("custom_id", "url", "method", "body", "delivery_config")
 QUEUE_NAME_MAX_BYTES = 255  # AMQP short string

@@ -6,8 +6,14 @@ import json
 
 import pytest
 
-from batch_pipeline.fast_decode import fast_validate
-from batch_pipeline.validation import MAX_BODY_DEPTH, Limits, NewRequest, RequestTooLarge, validate_request
+from batch_pipeline.intake.fast_decode import fast_validate
+from batch_pipeline.intake.validation import (
+    MAX_BODY_DEPTH,
+    Limits,
+    NewRequest,
+    RequestTooLarge,
+    validate_request,
+)
 
 LIMITS = Limits(custom_id_max_length=20, batch_max_bytes=4096)
 

@@ -11,9 +11,9 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from batch_pipeline.embedded_postgres import EmbeddedPostgres, postmasters_of
-from batch_pipeline.migrate import migrate
-from batch_pipeline.supervisor import STOP_SIGNALS, StopRequested, raise_on_stop_signals
+from batch_pipeline.runtime.embedded_postgres import EmbeddedPostgres, postmasters_of
+from batch_pipeline.runtime.migrate import migrate
+from batch_pipeline.runtime.supervisor import STOP_SIGNALS, StopRequested, raise_on_stop_signals
 
 
 def test_data_survives_restart(tmp_path: Path) -> None:

@@ -17,9 +17,9 @@ from typing import Literal
 
 import msgspec
 
-from batch_pipeline.endpoints import ENDPOINTS
-from batch_pipeline.tokens import estimate_tokens
-from batch_pipeline.validation import (
+from batch_pipeline.intake.endpoints import ENDPOINTS
+from batch_pipeline.intake.tokens import estimate_tokens
+from batch_pipeline.intake.validation import (
     CUSTOM_ID_MAX_BYTES,
     MAX_BODY_DEPTH,
     MODEL_MAX_BYTES,

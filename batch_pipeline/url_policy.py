@@ -14,7 +14,7 @@ from functools import lru_cache
 from urllib.parse import urlsplit
 
 from batch_pipeline.config import Settings
-from batch_pipeline.validation import UrlPolicy
+from batch_pipeline.intake.validation import UrlPolicy
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 

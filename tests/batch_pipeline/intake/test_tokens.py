@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import orjson
 
+from batch_pipeline.intake.tokens import count_embedding_inputs, estimate_tokens
 from batch_pipeline.model_limits import DEFAULT_TOKEN_LIMITS, FALLBACK_TOKEN_LIMIT, token_limit_for
-from batch_pipeline.tokens import count_embedding_inputs, estimate_tokens
 
 
 def estimate(body: dict, safety: float = 1.1) -> int:

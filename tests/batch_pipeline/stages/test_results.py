@@ -9,9 +9,9 @@ import psycopg
 import pytest
 
 from batch_pipeline.db import connect
-from batch_pipeline.results import _store, classify
+from batch_pipeline.intake.validation import Limits, validate_request
+from batch_pipeline.stages.results import _store, classify
 from batch_pipeline.store.requests import COPY_REQUESTS, copy_row
-from batch_pipeline.validation import Limits, validate_request
 
 
 def line(custom_id: str, status: int = 200, error: dict | None = None, content: str = "ok") -> dict:

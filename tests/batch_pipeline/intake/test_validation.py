@@ -6,7 +6,13 @@ import json
 
 import pytest
 
-from batch_pipeline.validation import MAX_BODY_DEPTH, Limits, NewRequest, RequestTooLarge, validate_request
+from batch_pipeline.intake.validation import (
+    MAX_BODY_DEPTH,
+    Limits,
+    NewRequest,
+    RequestTooLarge,
+    validate_request,
+)
 
 LIMITS = Limits()
 

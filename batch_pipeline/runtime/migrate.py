@@ -51,9 +51,9 @@ class Migration:
 
 
 def available_migrations() -> list[Migration]:
-    """The migration files shipped in ``batch_pipeline/migrations``, checked for gaps."""
+    """The migration files shipped in ``batch_pipeline/store/migrations``, checked for gaps."""
     found = []
-    for entry in resources.files("batch_pipeline.migrations").iterdir():
+    for entry in resources.files("batch_pipeline.store.migrations").iterdir():
         match = _NAME.match(entry.name)
         if match:
             found.append(Migration(int(match.group(1)), entry.name, entry.read_text(encoding="utf-8")))
