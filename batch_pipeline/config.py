@@ -7,6 +7,7 @@ A bad value fails at start with a message that names the variable.
 
 from __future__ import annotations
 
+import base64
 import re
 from functools import lru_cache
 from pathlib import Path
@@ -14,6 +15,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from batch_pipeline.db import dagster_storage_url
 
 # OpenAI rejects batch input files over 200 MB; keep a margin for the trailing newline and rounding.
 MAX_OPENAI_FILE_BYTES = 200 * 1000 * 1000
@@ -24,6 +27,26 @@ _SECRET_HINT = re.compile("KEY|TOKEN|SECRET|PASSWORD")
 # password holding "@" or "/" is hidden whole) and a libpq-style password=... parameter.
 _URL_PASSWORD = re.compile(r"([a-z][a-z0-9+.-]*://[^/?#@:\s]*:).*@", re.I | re.S)
 _PARAM_PASSWORD = re.compile(r"(password=)[^&\s]*", re.I)
+
+
+# The Standard Webhooks secret format: checked at start, decoded by ``delivery.signing``.
+SIGNING_SECRET_PREFIX = "whsec_"
+
+
+class SigningSecretError(ValueError):
+    """WEBHOOK_SIGNING_SECRET is not a usable Standard Webhooks secret."""
+
+
+def decode_signing_secret(secret: str) -> bytes:
+    """The HMAC key from a ``whsec_<base64>`` secret (the prefix is optional, as in the libraries)."""
+    raw = secret[len(SIGNING_SECRET_PREFIX) :] if secret.startswith(SIGNING_SECRET_PREFIX) else secret
+    try:
+        key = base64.b64decode(raw, validate=True)
+    except ValueError:
+        raise SigningSecretError("WEBHOOK_SIGNING_SECRET must be whsec_ followed by base64") from None
+    if len(key) < 16:
+        raise SigningSecretError("WEBHOOK_SIGNING_SECRET must hold at least 16 bytes (24 to 64 advised)")
+    return key
 
 
 class ConfigError(RuntimeError):
@@ -153,10 +176,8 @@ class Settings(BaseSettings):
     def _signing_secret_decodes(cls, value: SecretStr | None) -> SecretStr | None:
         # Checked at start: a bad secret would otherwise fail every delivery run, over and over.
         if value is not None:
-            from batch_pipeline.delivery.signing import SigningSecretError, decode_secret
-
             try:
-                decode_secret(value.get_secret_value())
+                decode_signing_secret(value.get_secret_value())
             except SigningSecretError as exc:
                 raise ValueError(str(exc).removeprefix("WEBHOOK_SIGNING_SECRET ")) from None
         return value
@@ -166,8 +187,6 @@ class Settings(BaseSettings):
     def _dagster_url(cls, value: str | None) -> str | None:
         if value in (None, ""):
             return None
-        from batch_pipeline.db import dagster_storage_url
-
         return dagster_storage_url(normalize_database_url(value))
 
     @field_validator("rabbitmq_url", "rabbitmq_input_queue", "openai_base_url", mode="before")

@@ -1,13 +1,17 @@
-"""Connections to the app database. SQL lives with the code that owns it in ``batch_pipeline.store``."""
+"""Connections to the app database. Every SQL statement lives in ``batch_pipeline.store``."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 from psycopg.rows import dict_row
+
+# What stages take to open their own short transactions: ``Postgres.connect`` in runs, a plain
+# ``lambda: connect(dsn)`` in tests and benchmarks.
+Connect = Callable[[], AbstractContextManager[psycopg.Connection]]
 
 # A stuck database fails a sensor tick or an op quickly instead of hanging it.
 CONNECT_TIMEOUT_SECONDS = 5

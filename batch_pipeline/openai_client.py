@@ -14,11 +14,34 @@ from typing import Any
 import openai
 from openai.types import Batch, FileObject
 
+from batch_pipeline.config import Settings
+
 # Our id in OpenAI batch metadata, and the prefix of our input file names.
 METADATA_KEY = "batchman_batch_id"
 FILE_PREFIX = "batchman-batch-"
 # How far back reconciliation looks (newest first); more than any plausible crash window.
 RECONCILE_PAGES = 10
+
+# The simulator accepts any bearer token; this one is sent when no OPENAI_API_KEY is configured.
+SIM_KEY_PLACEHOLDER = "sk-simulator"
+# The pipeline's calls: uploads of up to 200 MB take a while. The SDK retries connection errors, 408,
+# 409, 429 and 5xx with backoff before we see them.
+PIPELINE_TIMEOUT_SECONDS = 120.0
+PIPELINE_MAX_RETRIES = 3
+
+
+def client_options(
+    settings: Settings, timeout: float = PIPELINE_TIMEOUT_SECONDS, max_retries: int = PIPELINE_MAX_RETRIES
+) -> dict[str, Any]:
+    """Keyword arguments for ``openai.OpenAI`` or ``openai.AsyncOpenAI``: OpenAI or the simulator."""
+    key = settings.openai_api_key.get_secret_value() if settings.openai_api_key else SIM_KEY_PLACEHOLDER
+    return {
+        "base_url": settings.openai_client_base_url,
+        "api_key": key,
+        "timeout": timeout,
+        "max_retries": max_retries,
+    }
+
 
 # Errors worth retrying (the SDK already retried them a few times): the op's RetryPolicy takes over.
 TRANSIENT_ERRORS = (

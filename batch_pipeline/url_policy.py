@@ -1,8 +1,9 @@
-"""SSRF policy for webhook URLs: with ``WEBHOOK_BLOCK_PRIVATE_NETWORKS=true`` only public addresses.
+"""The SSRF policy for webhook URLs: with ``WEBHOOK_BLOCK_PRIVATE_NETWORKS=true``, public addresses only.
 
-Checked twice: at intake (``intake_url_policy``: literal IPs and obviously internal names, answered
-with 422) and at send time (``webhook.PinningResolver``: every address a name resolves to is vetted, and the
-connection goes to a vetted address, so DNS rebinding between check and connect cannot slip through).
+One policy, checked twice: at intake (``intake_url_policy``: literal IPs and obviously internal names,
+answered with 422) and at send time (``delivery.webhook.PinningResolver``: every address a name
+resolves to is vetted, and the connection goes to a vetted address, so DNS rebinding between check
+and connect cannot slip through). Shared by ``intake`` and ``delivery``, so it lives beside them.
 Hosts, addresses or CIDRs in ``WEBHOOK_ALLOWED_HOSTS`` are exempt (internal receivers an operator
 trusts). Off by default: internal receivers are the common case for a self-hosted service.
 """
@@ -10,13 +11,15 @@ trusts). Off by default: internal receivers are the common case for a self-hoste
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Callable
 from functools import lru_cache
 from urllib.parse import urlsplit
 
 from batch_pipeline.config import Settings
-from batch_pipeline.intake.validation import UrlPolicy
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+# The intake's hook for webhook URLs: a reason to reject one, or None.
+UrlPolicy = Callable[[str], str | None]
 
 # Named for the reader and the docs; ``is_global`` below is the catch-all for anything not listed.
 DENIED_NETWORKS = tuple(

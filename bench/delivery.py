@@ -28,10 +28,10 @@ import httpx
 import pika
 import psycopg
 
-from batch_pipeline.delivery.attempt import Delivery
 from batch_pipeline.delivery.deliverer import DeliveryOptions, deliver_batch
 from batch_pipeline.delivery.rabbitmq import RabbitPublisher
 from batch_pipeline.delivery.webhook import WebhookOptions, WebhookSender
+from batch_pipeline.store.records import Delivery
 from bench.support import free_port, fresh_database, postgres_server, report
 
 WEBHOOKS = 10_000

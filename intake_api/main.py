@@ -14,7 +14,6 @@ from psycopg_pool import AsyncConnectionPool
 import batch_pipeline
 from batch_pipeline.config import Settings, get_settings
 from batch_pipeline.intake.service import IntakeService
-from batch_pipeline.url_policy import intake_url_policy
 from intake_api.errors import install_error_handlers
 from intake_api.routes import batches, batches_redeliver, health, openai_webhook, requests
 from intake_api.routes import settings as settings_routes
@@ -60,7 +59,7 @@ def create_app(settings: Settings | None = None, database_url: str | None = None
         lifespan=lifespan,
     )
     app.state.settings = settings
-    app.state.intake = IntakeService(settings, url_policy=intake_url_policy(settings))
+    app.state.intake = IntakeService(settings)
     install_error_handlers(app)
     app.include_router(health.router)
     app.include_router(requests.router)

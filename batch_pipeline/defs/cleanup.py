@@ -3,7 +3,7 @@
 import dagster as dg
 
 from batch_pipeline.defs.partitions import batch_partitions
-from batch_pipeline.defs.resources import OpenAIResource, PipelineSettingsResource, PostgresResource
+from batch_pipeline.defs.resources import OpenAIParam, PostgresParam, SettingsParam
 from batch_pipeline.stages.cleanup import (
     Connect,
     delete_expired,
@@ -44,17 +44,17 @@ def remove_orphan_partitions(
 @dg.op
 def clean_up(
     context: dg.OpExecutionContext,
-    postgres: PostgresResource,
-    openai: OpenAIResource,
-    pipeline: PipelineSettingsResource,
+    postgres: PostgresParam,
+    openai: OpenAIParam,
+    settings: SettingsParam,
 ) -> None:
-    client = openai.client() if pipeline.openai_delete_files else None
+    client = openai.client() if settings.openai_delete_files else None
     if client is not None:
         deleted = delete_openai_files(postgres.connect, client)
         context.log.info("deleted the OpenAI files of %s batches", deleted)
     # With file deletion on, retention deletes any files still left before the row (none orphaned).
-    expired = delete_expired(postgres.connect, pipeline.retention_days, client)
-    context.log.info("deleted %s batches past %s days of retention", len(expired), pipeline.retention_days)
+    expired = delete_expired(postgres.connect, settings.retention_days, client)
+    context.log.info("deleted %s batches past %s days of retention", len(expired), settings.retention_days)
     delete_old_webhook_events(postgres.connect)
     # Keep the partition list (the UI's list of batches) as long as the data, not longer.
     removed = remove_orphan_partitions(context.instance, postgres.connect)

@@ -11,7 +11,7 @@ import dagster as dg
 from batch_pipeline.config import Settings, get_settings
 from batch_pipeline.defs.batching import make_batching_sensor
 from batch_pipeline.defs.cleanup import cleanup_job, cleanup_schedule
-from batch_pipeline.defs.delivery import deliver_job, delivery_sensor, redeliver_job
+from batch_pipeline.defs.delivery import deliver_job, make_delivery_sensor, redeliver_job
 from batch_pipeline.defs.resources import build_resources
 from batch_pipeline.defs.results import results_job
 from batch_pipeline.defs.status import make_status_sensor
@@ -27,7 +27,7 @@ def build_definitions(settings: Settings, dsn: str | None = None) -> dg.Definiti
         sensors=[
             make_batching_sensor(upload_job, settings.sensor_interval_seconds),
             make_status_sensor(results_job, status_interval),
-            delivery_sensor,
+            make_delivery_sensor(deliver_job, settings.sensor_interval_seconds),
         ],
         schedules=[cleanup_schedule],
         resources=build_resources(settings, dsn),

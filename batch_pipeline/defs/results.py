@@ -4,7 +4,7 @@ import dagster as dg
 
 from batch_pipeline import openai_client as oai
 from batch_pipeline.defs.partitions import batch_partitions
-from batch_pipeline.defs.resources import OpenAIResource, PipelineSettingsResource, PostgresResource
+from batch_pipeline.defs.resources import OpenAIParam, PostgresParam, SettingsParam
 from batch_pipeline.defs.upload import TRANSIENT_OPENAI_RETRY
 from batch_pipeline.stages.results import ingest_results
 
@@ -12,14 +12,14 @@ from batch_pipeline.stages.results import ingest_results
 @dg.op(retry_policy=TRANSIENT_OPENAI_RETRY, tags={"kind": "openai"})
 def store_results(
     context: dg.OpExecutionContext,
-    postgres: PostgresResource,
-    openai: OpenAIResource,
-    pipeline: PipelineSettingsResource,
+    postgres: PostgresParam,
+    openai: OpenAIParam,
+    settings: SettingsParam,
 ) -> dg.Output[str]:
     """Claims the batch first (``openai_completed`` → ``downloading``); a finished batch is skipped."""
     batch_id = int(context.partition_key)
     try:
-        summary = ingest_results(postgres.connect, openai.client(), batch_id, pipeline.openai_max_resubmits)
+        summary = ingest_results(postgres.connect, openai.client(), batch_id, settings.openai_max_resubmits)
     except Exception as exc:
         if oai.is_transient(exc):
             raise  # the RetryPolicy backs off and tries again

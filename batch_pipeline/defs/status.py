@@ -2,8 +2,9 @@
 
 import dagster as dg
 
-from batch_pipeline.defs.resources import OpenAIResource, PipelineSettingsResource, PostgresResource
+from batch_pipeline.defs.resources import OpenAIParam, PostgresParam, SettingsParam
 from batch_pipeline.stages.status import PollSettings, poll_due
+from batch_pipeline.states import RESULTS_WORKING
 from batch_pipeline.store import batches as store
 
 MAX_RESULTS_RUNS_PER_TICK = 50
@@ -29,25 +30,23 @@ def make_status_sensor(results_job: dg.JobDefinition, interval_seconds: int) -> 
     )
     def status_sensor(
         context: dg.SensorEvaluationContext,
-        postgres: PostgresResource,
-        openai: OpenAIResource,
-        pipeline: PipelineSettingsResource,
+        postgres: PostgresParam,
+        openai: OpenAIParam,
+        settings: SettingsParam,
     ) -> dg.SensorResult:
-        settings = PollSettings(
-            pipeline.openai_poll_interval_seconds, pipeline.token_limit_backoff_schedule()
-        )
+        poll = PollSettings(settings.openai_poll_interval_seconds, settings.token_limit_backoff)
         # A sensor tick must end well inside Dagster's 60 s deadline even when OpenAI is slow:
         # short calls, one SDK retry, and a time budget; what is left waits for the next tick.
-        client = openai.client(timeout_seconds=POLL_TIMEOUT_SECONDS, max_retries=1)
+        client = openai.client(timeout=POLL_TIMEOUT_SECONDS, max_retries=1)
         finished = poll_due(
-            postgres.connect, client, settings, pipeline.status_poll_max_per_tick, POLL_BUDGET_SECONDS
+            postgres.connect, client, poll, settings.status_poll_max_per_tick, POLL_BUDGET_SECONDS
         )
         if finished:
             context.log.info("batches finished at OpenAI: %s", finished)
         # Re-emitting every batch awaiting its results run is safe: the run key makes it launch once.
         with postgres.connect() as conn:
-            due = conn.execute(store.RESULTS_DUE, (MAX_RESULTS_RUNS_PER_TICK,)).fetchall()
-            stalled = store.relaunch_stalled(conn, ["downloading"])
+            due = store.results_due(conn, MAX_RESULTS_RUNS_PER_TICK)
+            stalled = store.relaunch_stalled(conn, RESULTS_WORKING)
         if stalled:
             context.log.warning("relaunching stalled results runs of batches %s", [r["id"] for r in stalled])
         return dg.SensorResult(

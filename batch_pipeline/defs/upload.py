@@ -5,7 +5,7 @@ import openai as openai_sdk
 
 from batch_pipeline import openai_client as oai
 from batch_pipeline.defs.partitions import batch_partitions
-from batch_pipeline.defs.resources import OpenAIResource, PipelineSettingsResource, PostgresResource
+from batch_pipeline.defs.resources import OpenAIParam, PostgresParam, SettingsParam
 from batch_pipeline.model_limits import token_limit_for
 from batch_pipeline.stages.upload import fail_batch, submit_batch
 from batch_pipeline.store.batching import BatchLimits
@@ -20,9 +20,9 @@ TRANSIENT_OPENAI_RETRY = dg.RetryPolicy(
 @dg.op(retry_policy=TRANSIENT_OPENAI_RETRY, tags={"kind": "openai"})
 def submit_to_openai(
     context: dg.OpExecutionContext,
-    postgres: PostgresResource,
-    openai: OpenAIResource,
-    pipeline: PipelineSettingsResource,
+    postgres: PostgresParam,
+    openai: OpenAIParam,
+    settings: SettingsParam,
 ) -> dg.Output[str]:
     """Claims the batch (a conditional state change), so re-running a finished upload does nothing."""
     batch_id = int(context.partition_key)
@@ -34,10 +34,8 @@ def submit_to_openai(
             openai.client(),
             batch_id,
             lambda model: token_limit_for(model, overrides),
-            pipeline.openai_poll_interval_seconds,
-            BatchLimits(
-                pipeline.batch_max_requests, pipeline.batch_max_bytes, pipeline.batch_max_age_seconds
-            ),
+            settings.openai_poll_interval_seconds,
+            BatchLimits.from_settings(settings),
         )
     except Exception as exc:
         if oai.is_transient(exc):

@@ -19,11 +19,12 @@ from dataclasses import dataclass, field
 import psycopg
 
 from batch_pipeline.config import Settings
-from batch_pipeline.delivery.attempt import OTHER, OUTCOME_NO_RABBITMQ, Attempt, Delivery
 from batch_pipeline.delivery.backoff import next_delay
 from batch_pipeline.delivery.rabbitmq import RECONNECT_SECONDS, RabbitPublisher
 from batch_pipeline.delivery.webhook import WebhookOptions, WebhookSender
+from batch_pipeline.states import OTHER, OUTCOME_NO_RABBITMQ
 from batch_pipeline.store import deliveries as store
+from batch_pipeline.store.records import Attempt, Delivery
 from batch_pipeline.url_policy import EgressPolicy
 
 log = logging.getLogger(__name__)

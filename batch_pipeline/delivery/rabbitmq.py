@@ -27,15 +27,8 @@ import pika
 from pika.adapters.select_connection import SelectConnection
 from pika.spec import Basic
 
-from batch_pipeline.delivery.attempt import (
-    CONNECTION_ERROR,
-    OTHER,
-    QUEUE_NOT_FOUND,
-    SUCCESS,
-    TIMEOUT,
-    Attempt,
-    Delivery,
-)
+from batch_pipeline.states import CONNECTION_ERROR, OTHER, QUEUE_NOT_FOUND, SUCCESS, TIMEOUT
+from batch_pipeline.store.records import Attempt, Delivery
 
 log = logging.getLogger(__name__)
 

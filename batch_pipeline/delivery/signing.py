@@ -12,28 +12,12 @@ import hashlib
 import hmac
 import time
 
-PREFIX = "whsec_"
-
-
-class SigningSecretError(ValueError):
-    pass
-
-
-def decode_secret(secret: str) -> bytes:
-    """The HMAC key from a ``whsec_<base64>`` secret (the prefix is optional, as in the libraries)."""
-    raw = secret[len(PREFIX) :] if secret.startswith(PREFIX) else secret
-    try:
-        key = base64.b64decode(raw, validate=True)
-    except ValueError:
-        raise SigningSecretError("WEBHOOK_SIGNING_SECRET must be whsec_ followed by base64") from None
-    if len(key) < 16:
-        raise SigningSecretError("WEBHOOK_SIGNING_SECRET must hold at least 16 bytes (24 to 64 advised)")
-    return key
+from batch_pipeline.config import decode_signing_secret
 
 
 class Signer:
     def __init__(self, secret: str) -> None:
-        self._key = decode_secret(secret)
+        self._key = decode_signing_secret(secret)
 
     def sign(self, msg_id: str, timestamp: int, body: bytes) -> str:
         mac = hmac.new(self._key, f"{msg_id}.{timestamp}.".encode() + body, hashlib.sha256)

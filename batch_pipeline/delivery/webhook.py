@@ -21,19 +21,17 @@ from aiohttp.resolver import ThreadedResolver
 from yarl import URL
 
 import batch_pipeline
-from batch_pipeline.delivery.attempt import (
+from batch_pipeline.delivery.backoff import parse_retry_after
+from batch_pipeline.delivery.signing import Signer
+from batch_pipeline.states import (
     BLOCKED_BY_POLICY,
     CONNECTION_ERROR,
     HTTP_STATUS_NOT_2XX,
     OTHER,
     SUCCESS,
     TIMEOUT,
-    Attempt,
-    Delivery,
-    truncate,
 )
-from batch_pipeline.delivery.backoff import parse_retry_after
-from batch_pipeline.delivery.signing import Signer
+from batch_pipeline.store.records import Attempt, Delivery, truncate
 from batch_pipeline.url_policy import BlockedByPolicy, EgressPolicy
 
 # Statuses worth retrying: the receiver is overloaded, restarting or asks us to slow down.

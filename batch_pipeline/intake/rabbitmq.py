@@ -29,7 +29,6 @@ import psycopg
 
 from batch_pipeline.config import Settings, get_settings
 from batch_pipeline.intake.service import IntakeService, Outcome, Undecodable
-from batch_pipeline.url_policy import intake_url_policy
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +59,7 @@ class IntakeConsumer:
         self.dsn = dsn
         self.prefetch = settings.rabbitmq_intake_prefetch
         self.batch_size = settings.rabbitmq_intake_batch_size
-        self.intake = IntakeService(settings, url_policy=intake_url_policy(settings))
+        self.intake = IntakeService(settings)
         self.counts = {"accepted": 0, "duplicate": 0, "rejected": 0, "requeued": 0}
         self._stop = threading.Event()
         self._runner = asyncio.Runner()

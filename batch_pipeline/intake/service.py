@@ -17,13 +17,13 @@ from batch_pipeline.intake.validation import (
     Limits,
     NewRequest,
     RequestTooLarge,
-    UrlPolicy,
     error,
     validate_request,
 )
 from batch_pipeline.model_limits import token_limit_for
 from batch_pipeline.store import model_limits as limits_store
 from batch_pipeline.store import requests as requests_store
+from batch_pipeline.url_policy import UrlPolicy, intake_url_policy
 
 # Overrides change rarely; re-reading them on every request would double the intake's queries.
 OVERRIDES_TTL_SECONDS = 5.0
@@ -65,13 +65,13 @@ async def _chunks(items: Iterable[Any] | AsyncIterable[list[Any]]) -> AsyncItera
 
 
 class IntakeService:
-    def __init__(self, settings: Settings, url_policy: UrlPolicy | None = None) -> None:
+    def __init__(self, settings: Settings) -> None:
         self.limits = Limits(
             custom_id_max_length=settings.custom_id_max_length,
             batch_max_bytes=settings.batch_max_bytes,
             token_safety_factor=settings.token_estimate_safety_factor,
         )
-        self.url_policy = url_policy
+        self.url_policy: UrlPolicy | None = intake_url_policy(settings)
         self._token_limits: dict[str, int] = {}  # model -> limit, rebuilt when overrides are re-read
         self._overrides: dict[str, int] = {}
         self._overrides_at = float("-inf")

@@ -9,17 +9,17 @@ as the seed does.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 from urllib.parse import urlsplit
 
-import msgspec
 import orjson
 
 from batch_pipeline.intake.endpoints import ENDPOINTS, SUPPORTED_URLS
 from batch_pipeline.intake.tokens import count_embedding_inputs, estimate_tokens
+from batch_pipeline.store.records import NewRequest
+from batch_pipeline.url_policy import UrlPolicy
 
 TOP_LEVEL_FIELDS = ("custom_id", "url", "method", "body", "delivery_config")
 QUEUE_NAME_MAX_BYTES = 255  # AMQP short string
@@ -33,30 +33,12 @@ MAX_BODY_DEPTH = 128
 # most 2,704 bytes; real model names are a few dozen characters.
 MODEL_MAX_BYTES = 256
 
-# A policy hook for webhook URLs (the SSRF check): returns a reason to reject, or None.
-UrlPolicy = Callable[[str], str | None]
-
 
 @dataclass(frozen=True)
 class Limits:
     custom_id_max_length: int = 512
     batch_max_bytes: int = 199_000_000
     token_safety_factor: float = 1.1
-
-
-# A msgspec Struct, not a dataclass: it is built in C, and with gc=False the garbage collector does not
-# track it (it holds only strings, ints and a dict of strings, so it cannot be part of a cycle). A bulk
-# call keeps one per item alive; tracked, they set off full collections that cost a third of the
-# intake's CPU. Not frozen (that costs a setattr per field); treat it as read-only all the same.
-class NewRequest(msgspec.Struct, gc=False):
-    custom_id: str
-    url: str
-    model: str
-    payload: str  # the exact JSONL line for OpenAI
-    payload_bytes: int
-    estimated_tokens: int
-    delivery_config: dict[str, str]
-    input_count: int = 1  # embedding inputs; OpenAI caps them per batch
 
 
 class RequestTooLarge(ValueError):

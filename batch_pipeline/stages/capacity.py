@@ -20,11 +20,11 @@ WAITING_SCAN_LIMIT = 500
 
 def admit_waiting(conn: psycopg.Connection, token_limit: Callable[[str], int]) -> list[tuple[int, int]]:
     """Admit what fits; returns (batch_id, launch_count) for each batch to hand to an upload run."""
-    waiting = conn.execute(store.WAITING_DUE, (WAITING_SCAN_LIMIT,)).fetchall()
+    waiting = store.waiting_due(conn, WAITING_SCAN_LIMIT)
     if not waiting:
         return []
     models = sorted({w["model"] for w in waiting})
-    reserved = {r["model"]: int(r["tokens"]) for r in conn.execute(store.RESERVED_BY_MODEL, (models,))}
+    reserved = store.reserved_by_model(conn, models)
     headroom = {m: token_limit(m) - reserved.get(m, 0) for m in models}
     admitted = []
     for w in waiting:
@@ -34,7 +34,7 @@ def admit_waiting(conn: psycopg.Connection, token_limit: Callable[[str], int]) -
         # otherwise it would wait forever.
         idle = reserved.get(model, 0) == 0 and headroom[model] == token_limit(model)
         if w["estimated_tokens"] <= headroom[model] or idle:
-            row = conn.execute(store.ADMIT, (w["id"],)).fetchone()
+            row = store.admit(conn, w["id"])
             if row is not None:
                 headroom[w["model"]] -= w["estimated_tokens"]
                 admitted.append((row["id"], row["launch_count"]))

@@ -8,63 +8,22 @@ carries on (nothing is done twice, nothing is left behind).
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
-from contextlib import AbstractContextManager
+from collections.abc import Sequence
 from typing import Any
 
 import openai
-import psycopg
 
 from batch_pipeline import openai_client as oai
-from batch_pipeline.store.transitions import FINISHED
+from batch_pipeline.db import Connect
+from batch_pipeline.states import FILES_NOT_NEEDED, FINISHED
+from batch_pipeline.store import retention as store
 
 log = logging.getLogger(__name__)
 
-Connect = Callable[[], AbstractContextManager[psycopg.Connection]]
 
 FILE_COLUMNS = ("openai_input_file_id", "openai_output_file_id", "openai_error_file_id")
-# Results are stored (or the batch ended): its OpenAI files are no longer needed. Batches still in
-# flight keep theirs: OpenAI reads the input file, and the results run still downloads the output.
-FILES_NOT_NEEDED = ("ready_to_deliver", "delivering", *FINISHED)
 # Largest key Postgres' bigint holds: a longer numeric partition key cannot name a batch.
 MAX_BATCH_ID = 2**63 - 1
-
-# Keyset paging (id > after): a batch whose files cannot be deleted yet does not hold up the rest.
-FILES_PENDING = """
-SELECT id, openai_input_file_id, openai_output_file_id, openai_error_file_id FROM batchman.batches
-WHERE files_deleted_at IS NULL
-  AND coalesce(openai_input_file_id, openai_output_file_id, openai_error_file_id) IS NOT NULL
-  AND state = ANY(%(states)s)
-  AND id > %(after)s
-ORDER BY id LIMIT %(limit)s
-"""
-MARK_FILES_DELETED = (
-    "UPDATE batchman.batches SET files_deleted_at = now() WHERE id = ANY(%s) AND files_deleted_at IS NULL"
-)
-
-# Finished batches past retention, counted from completion. updated_at stands in for rows whose
-# completion time was never recorded (batches finished before every final state set completed_at).
-EXPIRED = """
-SELECT id, openai_input_file_id, openai_output_file_id, openai_error_file_id, files_deleted_at
-FROM batchman.batches
-WHERE state = ANY(%(states)s)
-  AND coalesce(completed_at, updated_at) < now() - make_interval(days => %(days)s)
-  AND id > %(after)s
-ORDER BY id LIMIT %(limit)s
-"""
-# The same conditions again: a batch redelivered since the SELECT is in flight and stays. Requests,
-# their delivery attempts and the batch's transitions go with it (ON DELETE CASCADE).
-DELETE_EXPIRED = """
-DELETE FROM batchman.batches
-WHERE id = ANY(%(ids)s)
-  AND state = ANY(%(states)s)
-  AND coalesce(completed_at, updated_at) < now() - make_interval(days => %(days)s)
-RETURNING id
-"""
-OLD_WEBHOOK_EVENTS = (
-    "DELETE FROM batchman.openai_webhook_events WHERE received_at < now() - interval '7 days'"
-)
-EXISTING_IDS = "SELECT id FROM batchman.batches WHERE id = ANY(%s)"
 
 
 def _file_ids(row: dict[str, Any]) -> list[str]:
@@ -88,8 +47,7 @@ def delete_openai_files(connect: Connect, client: openai.OpenAI, limit: int = 50
     done, tried, after = 0, 0, 0
     while tried < limit:
         with connect() as conn:
-            params = {"states": list(FILES_NOT_NEEDED), "after": after, "limit": min(chunk, limit - tried)}
-            rows = conn.execute(FILES_PENDING, params).fetchall()
+            rows = store.files_pending(conn, FILES_NOT_NEEDED, after, min(chunk, limit - tried))
         if not rows:
             break
         tried += len(rows)
@@ -97,7 +55,7 @@ def delete_openai_files(connect: Connect, client: openai.OpenAI, limit: int = 50
         deleted = [row["id"] for row in rows if _delete_files(client, row)]
         if deleted:
             with connect() as conn:
-                conn.execute(MARK_FILES_DELETED, (deleted,))
+                store.mark_files_deleted(conn, deleted)
                 conn.commit()
         done += len(deleted)
     return done
@@ -119,9 +77,8 @@ def delete_expired(
     expired: list[int] = []
     tried, after = 0, 0
     while tried < limit:
-        params = {"states": list(FINISHED), "days": retention_days, "after": after}
         with connect() as conn:
-            rows = conn.execute(EXPIRED, {**params, "limit": min(chunk, limit - tried)}).fetchall()
+            rows = store.expired(conn, FINISHED, retention_days, after, min(chunk, limit - tried))
         if not rows:
             break
         tried += len(rows)
@@ -139,8 +96,8 @@ def delete_expired(
         with connect() as conn:
             if client is not None:
                 # A row the DELETE below keeps (redelivered meanwhile) still shows its files are gone.
-                conn.execute(MARK_FILES_DELETED, (ready,))
-            expired += [r["id"] for r in conn.execute(DELETE_EXPIRED, {**params, "ids": ready}).fetchall()]
+                store.mark_files_deleted(conn, ready)
+            expired += store.delete_expired(conn, ready, FINISHED, retention_days)
             conn.commit()
     return expired
 
@@ -148,7 +105,7 @@ def delete_expired(
 def delete_old_webhook_events(connect: Connect) -> int:
     """Forget webhook ids older than OpenAI's redelivery window; returns how many."""
     with connect() as conn:
-        deleted = conn.execute(OLD_WEBHOOK_EVENTS).rowcount
+        deleted = store.delete_old_webhook_events(conn)
         conn.commit()
     return deleted
 
@@ -166,5 +123,5 @@ def orphan_keys(connect: Connect, keys: Sequence[str]) -> list[str]:
     existing: set[int] = set()
     if ids:
         with connect() as conn:
-            existing = {r["id"] for r in conn.execute(EXISTING_IDS, (list(ids.values()),)).fetchall()}
+            existing = store.existing_batch_ids(conn, list(ids.values()))
     return [k for k in keys if ids.get(k) not in existing]

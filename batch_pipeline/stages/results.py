@@ -16,8 +16,7 @@ from __future__ import annotations
 
 import logging
 import tempfile
-from collections.abc import Callable, Iterable, Iterator
-from contextlib import AbstractContextManager
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,12 +26,13 @@ import psycopg
 from psycopg import sql
 
 from batch_pipeline import openai_client as oai
+from batch_pipeline.db import Connect
+from batch_pipeline.store import batches
 from batch_pipeline.store import results as store
 from batch_pipeline.store.transitions import transition
 
 log = logging.getLogger(__name__)
 
-Connect = Callable[[], AbstractContextManager[psycopg.Connection]]
 
 RETRY_CODES = frozenset({"server_error", "request_timeout", "batch_expired"})
 
@@ -92,7 +92,7 @@ def _download(client: openai.OpenAI, batch: dict, workdir: Path) -> list[Path]:
     ]
 
 
-def _staged_from_files(paths: list[Path], batch: dict) -> Iterator[tuple[str, str | None, str, str | None]]:
+def _staged_from_files(paths: list[Path], batch: dict) -> Iterator[store.StagedLine]:
     expired = batch["openai_status"] == "expired"
     for path in paths:
         for line, text in _iter_file(path):
@@ -100,13 +100,11 @@ def _staged_from_files(paths: list[Path], batch: dict) -> Iterator[tuple[str, st
             yield line["custom_id"], text, kind, message
 
 
-def _staged_from_failure(
-    conn: psycopg.Connection, batch: dict
-) -> Iterator[tuple[str, str | None, str, str | None]]:
+def _staged_from_failure(conn: psycopg.Connection, batch: dict) -> Iterator[store.StagedLine]:
     """A failed batch: lines named by validation errors fail; the rest go again (or all fail)."""
     errors = batch["last_openai_error"] or []
     by_line = {e["line"]: e for e in errors if isinstance(e.get("line"), int)}
-    requests = conn.execute(store.PROCESSING_IN_ORDER, (batch["id"],)).fetchall()
+    requests = store.processing_in_order(conn, batch["id"])
     first = errors[0] if errors else {"code": "batch_failed", "message": batch["error_msg"] or "batch failed"}
     for number, row in enumerate(requests, start=1):  # OpenAI numbers input lines from 1
         if by_line:
@@ -132,7 +130,7 @@ def ingest_results(
     with connect() as conn:
         batch = transition(conn, batch_id, ("openai_completed",), "downloading", "results run started")
         if batch is None:
-            batch = conn.execute("SELECT * FROM batchman.batches WHERE id = %s", (batch_id,)).fetchone()
+            batch = batches.get_batch(conn, batch_id)
         conn.commit()
     if batch is None or batch["state"] != "downloading":
         return {"outcome": "skipped", "state": batch and batch["state"]}
@@ -150,23 +148,15 @@ def _store(connect: Connect, batch: dict, paths: list[Path], max_resubmits: int)
             rows: Iterable = list(_staged_from_failure(conn, batch))
         else:
             rows = _staged_from_files(paths, batch)
-        conn.execute(store.CREATE_STAGING)
-        with conn.cursor().copy(store.COPY_STAGING) as copy:
-            for row in rows:
-                copy.write_row(row)
-        # Temp tables have no statistics until analysed; without them the planner may pick a
-        # nested loop over 50,000 staged lines.
-        conn.execute(store.ANALYZE_STAGING)
-        params = {"batch_id": batch_id, "max_resubmits": max_resubmits}
-        resubmitted = conn.execute(store.APPLY_RETRIES, params).rowcount
-        processed = conn.execute(store.APPLY_RESULTS, params).rowcount
+        store.stage(conn, rows)
+        resubmitted, processed = store.apply_staged(conn, batch_id, max_resubmits)
         # Requests OpenAI returned no line for: go again unless the batch was cancelled by us.
         leftover_kind = "failed" if batch["openai_status"] == "cancelled" and not _expired(batch) else "retry"
         leftovers = _apply_leftovers(conn, batch, leftover_kind, max_resubmits)
         resubmitted += leftovers["resubmitted"]
         processed += leftovers["processed"]
         summary = {"processed": processed, "resubmitted": resubmitted}
-        deliverable = conn.execute(store.COUNT_DELIVERABLE, (batch_id,)).fetchone()["n"]
+        deliverable = store.count_deliverable(conn, batch_id)
         if deliverable:
             transition(
                 conn,
@@ -197,11 +187,9 @@ def _expired(batch: dict) -> bool:
 def _apply_leftovers(conn: psycopg.Connection, batch: dict, kind: str, max_resubmits: int) -> dict[str, int]:
     resubmitted = 0
     if kind == "retry":
-        params = {"batch_id": batch["id"], "max_resubmits": max_resubmits}
-        resubmitted = conn.execute(store.LEFTOVERS_RETRY, params).rowcount
+        resubmitted = store.requeue_leftovers(conn, batch["id"], max_resubmits)
         code, message = "resubmit_limit_reached", f"no result after {max_resubmits} resubmissions"
     else:
         code, message = "batch_cancelled", "the batch was cancelled before this request ran"
-    params = {"batch_id": batch["id"], "code": code, "message": message}
-    processed = conn.execute(store.LEFTOVERS_FAIL, params).rowcount
+    processed = store.fail_leftovers(conn, batch["id"], code, message)
     return {"resubmitted": resubmitted, "processed": processed}

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
-from contextlib import AbstractContextManager
 from dataclasses import dataclass
 
 import openai
@@ -20,13 +18,14 @@ from psycopg import sql
 from psycopg.types.json import Jsonb
 
 from batch_pipeline import openai_client as oai
+from batch_pipeline.db import Connect
 from batch_pipeline.stages.capacity import token_limit_backoff_minutes
+from batch_pipeline.states import AT_OPENAI
 from batch_pipeline.store import batches as store
-from batch_pipeline.store.transitions import AT_OPENAI, transition
+from batch_pipeline.store.transitions import FromNow, transition
 
 log = logging.getLogger(__name__)
 
-Connect = Callable[[], AbstractContextManager[psycopg.Connection]]
 
 IN_FLIGHT = ("validating", "in_progress", "finalizing", "cancelling")
 TERMINAL = ("completed", "failed", "expired", "cancelled")
@@ -67,10 +66,7 @@ def apply_status(
     """Record what OpenAI said about one batch; returns 'in_flight', 'backoff', 'failed' or 'results'."""
     counts = _counts(remote)
     if remote.status in IN_FLIGHT:
-        conn.execute(
-            store.PROGRESS,
-            {"id": batch_id, "status": remote.status, "interval": settings.interval_seconds, **counts},
-        )
+        store.record_progress(conn, batch_id, remote.status, counts, settings.interval_seconds)
         return "in_flight"
     errors = oai.batch_errors(remote)
     if remote.status == "failed" and any(e.get("code") == "token_limit_exceeded" for e in errors):
@@ -126,10 +122,10 @@ def _token_limit_backoff(
         token_limit_retries=batch["token_limit_retries"] + 1,
         capacity_wait_reason="token_limit_exceeded_backoff",
         waiting_since=sql.SQL("coalesce(waiting_since, now())"),
-        next_check_at=sql.SQL(f"now() + interval '{float(wait)} minutes'"),
+        next_check_at=FromNow(minutes=wait),
         last_openai_error=Jsonb(errors),
     )
-    conn.execute(store.REQUESTS_BACK_TO_PENDING, (batch_id,))
+    store.requests_back_to_pending(conn, batch_id)
     return "backoff"
 
 
@@ -145,7 +141,7 @@ def poll_due(
     ready = []
     deadline = time.monotonic() + budget_seconds
     with connect() as conn:
-        due = conn.execute(store.POLL_DUE, (limit,)).fetchall()
+        due = store.poll_due(conn, limit)
     for done, row in enumerate(due):
         if time.monotonic() >= deadline:
             log.warning("status checks: time budget spent, %d batches left for later", len(due) - done)
@@ -156,7 +152,7 @@ def poll_due(
             # One unreachable batch must not stall the others; it is retried at the next interval.
             log.warning("batch %s: status check failed: %s", row["id"], exc)
             with connect() as conn:
-                conn.execute(store.POSTPONE_CHECK, (settings.interval_seconds, row["id"]))
+                store.postpone_check(conn, row["id"], settings.interval_seconds)
                 conn.commit()
             continue
         with connect() as conn:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 import tempfile
 from collections.abc import Callable
-from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -23,15 +22,17 @@ from psycopg import sql
 
 from batch_pipeline import openai_client as oai
 from batch_pipeline.config import DEFAULT_BATCH_MAX_BYTES
+from batch_pipeline.db import Connect
+from batch_pipeline.states import BEFORE_OPENAI, CREATABLE
 from batch_pipeline.store import batches as store
 from batch_pipeline.store.batching import BatchLimits, fill_batch
-from batch_pipeline.store.transitions import transition
+from batch_pipeline.store.transitions import FromNow, transition
 
 log = logging.getLogger(__name__)
 
-Connect = Callable[[], AbstractContextManager[psycopg.Connection]]
 
-CLAIMABLE = ("ready", "uploading", "uploaded", "waiting_for_capacity")
+# A batch that found no headroom looks again this soon (admission also runs on every sensor tick).
+CAPACITY_RECHECK_SECONDS = 10
 DEFAULT_LIMITS = BatchLimits(max_requests=50_000, max_bytes=DEFAULT_BATCH_MAX_BYTES, max_age_seconds=3600)
 
 
@@ -106,19 +107,21 @@ def submit_batch(
         conn.commit()
     if batch is None:
         return SubmitResult("skipped", "no such batch")
-    if batch["state"] not in CLAIMABLE:
+    if batch["state"] not in BEFORE_OPENAI:
         return SubmitResult("skipped", f"batch is {batch['state']}")
 
     if batch["openai_input_file_id"] is None:
         if batch["state"] != "uploading":
             with connect() as conn:
-                transition(conn, batch_id, CLAIMABLE, "uploading", "re-upload: no input file")
+                transition(conn, batch_id, BEFORE_OPENAI, "uploading", "re-upload: no input file")
                 conn.commit()
         try:
             file_id = _upload(connect, client, batch)
         except EmptyBatch as exc:
             with connect() as conn:
-                transition(conn, batch_id, CLAIMABLE, "resubmitted", str(exc), completed_at=sql.SQL("now()"))
+                transition(
+                    conn, batch_id, BEFORE_OPENAI, "resubmitted", str(exc), completed_at=sql.SQL("now()")
+                )
                 conn.commit()
             return SubmitResult("skipped", str(exc))
     else:
@@ -143,67 +146,63 @@ def _create(
     # call must not interleave with another batch of the same model.
     with connect() as lock_conn:
         lock_conn.autocommit = True
-        lock_conn.execute(store.ADVISORY_LOCK, (model,))
-        try:
-            with connect() as conn:
-                current = store.get_batch(conn, batch_id)
-                if current["state"] not in ("uploaded", "waiting_for_capacity"):
-                    return SubmitResult("skipped", f"batch is {current['state']}")
-                remote = None
-                if current["openai_status"] == "creating":
-                    remote = oai.find_batch(client, batch_id)  # a create call may have succeeded
-                if remote is None:
-                    limit = token_limit(model)
-                    reserved = store.reserved_tokens(conn, model)
-                    if reserved > 0 and reserved + current["estimated_tokens"] > limit:
-                        transition(
-                            conn,
-                            batch_id,
-                            ("uploaded", "waiting_for_capacity"),
-                            "waiting_for_capacity",
-                            f"insufficient headroom: {reserved} of {limit} tokens reserved for {model}",
-                            capacity_wait_reason="insufficient_headroom",
-                            waiting_since=sql.SQL("coalesce(waiting_since, now())"),
-                            next_check_at=sql.SQL("now() + interval '10 seconds'"),
-                        )
-                        conn.commit()
-                        return SubmitResult("waiting_for_capacity", f"{reserved}/{limit} tokens reserved")
-                    conn.execute(store.MARK_CREATING, (batch_id,))
+        with store.capacity_lock(lock_conn, model), connect() as conn:
+            current = store.get_batch(conn, batch_id)
+            if current["state"] not in CREATABLE:
+                return SubmitResult("skipped", f"batch is {current['state']}")
+            remote = None
+            if current["openai_status"] == "creating":
+                remote = oai.find_batch(client, batch_id)  # a create call may have succeeded
+            if remote is None:
+                limit = token_limit(model)
+                reserved = store.reserved_tokens(conn, model)
+                if reserved > 0 and reserved + current["estimated_tokens"] > limit:
+                    transition(
+                        conn,
+                        batch_id,
+                        CREATABLE,
+                        "waiting_for_capacity",
+                        f"insufficient headroom: {reserved} of {limit} tokens reserved for {model}",
+                        capacity_wait_reason="insufficient_headroom",
+                        waiting_since=sql.SQL("coalesce(waiting_since, now())"),
+                        next_check_at=FromNow(seconds=CAPACITY_RECHECK_SECONDS),
+                    )
                     conn.commit()
-                    try:
-                        remote = oai.create_batch(client, batch_id, file_id, batch["endpoint"])
-                    except openai.BadRequestError as exc:
-                        if exc.code != "token_limit_exceeded":
-                            raise
-                        return _refused_for_tokens(conn, batch_id, exc)
-                moved = transition(
-                    conn,
-                    batch_id,
-                    ("uploaded", "waiting_for_capacity"),
-                    "openai_processing",
-                    f"created OpenAI batch {remote.id}",
-                    openai_batch_id=remote.id,
-                    openai_status=remote.status,
-                    capacity_wait_reason=None,
-                    waiting_since=None,
-                    next_check_at=sql.SQL(f"now() + interval '{int(poll_interval_seconds)} seconds'"),
-                )
-                if moved is None:
-                    # Cancelled (or deleted) through the API while the create call was in flight:
-                    # stop the OpenAI batch too, so nothing runs (and bills) unseen.
-                    conn.rollback()
-                    try:
-                        oai.cancel_batch(client, remote.id)
-                    except openai.APIStatusError as exc:  # e.g. the API's cancel got there first
-                        log.warning("batch %s: cancelling %s at OpenAI: %s", batch_id, remote.id, exc)
-                    conn.execute(store.NOTE_CANCELLED_REMOTE, (remote.id, batch_id))
-                    conn.commit()
-                    return SubmitResult("skipped", f"batch was cancelled; cancelled {remote.id} at OpenAI")
-                conn.execute(store.REQUESTS_TO_PROCESSING, (batch_id,))
+                    return SubmitResult("waiting_for_capacity", f"{reserved}/{limit} tokens reserved")
+                store.mark_creating(conn, batch_id)
                 conn.commit()
-                return SubmitResult("submitted", openai_batch_id=remote.id)
-        finally:
-            lock_conn.execute(store.ADVISORY_UNLOCK, (model,))
+                try:
+                    remote = oai.create_batch(client, batch_id, file_id, batch["endpoint"])
+                except openai.BadRequestError as exc:
+                    if exc.code != "token_limit_exceeded":
+                        raise
+                    return _refused_for_tokens(conn, batch_id, exc)
+            moved = transition(
+                conn,
+                batch_id,
+                CREATABLE,
+                "openai_processing",
+                f"created OpenAI batch {remote.id}",
+                openai_batch_id=remote.id,
+                openai_status=remote.status,
+                capacity_wait_reason=None,
+                waiting_since=None,
+                next_check_at=FromNow(seconds=poll_interval_seconds),
+            )
+            if moved is None:
+                # Cancelled (or deleted) through the API while the create call was in flight:
+                # stop the OpenAI batch too, so nothing runs (and bills) unseen.
+                conn.rollback()
+                try:
+                    oai.cancel_batch(client, remote.id)
+                except openai.APIStatusError as exc:  # e.g. the API's cancel got there first
+                    log.warning("batch %s: cancelling %s at OpenAI: %s", batch_id, remote.id, exc)
+                store.note_cancelled_remote(conn, batch_id, remote.id)
+                conn.commit()
+                return SubmitResult("skipped", f"batch was cancelled; cancelled {remote.id} at OpenAI")
+            store.requests_to_processing(conn, batch_id)
+            conn.commit()
+            return SubmitResult("submitted", openai_batch_id=remote.id)
 
 
 # OpenAI refusing the create call for its token queue costs nothing: wait and try again (as the
@@ -215,13 +214,13 @@ def _refused_for_tokens(conn: psycopg.Connection, batch_id: int, exc: openai.Bad
     transition(
         conn,
         batch_id,
-        ("uploaded", "waiting_for_capacity"),
+        CREATABLE,
         "waiting_for_capacity",
         f"token_limit_exceeded at create: {exc.message}"[:2000],
         openai_status=None,  # no create call is in flight any more
         capacity_wait_reason="token_limit_exceeded",
         waiting_since=sql.SQL("coalesce(waiting_since, now())"),
-        next_check_at=sql.SQL(f"now() + interval '{CREATE_REFUSED_RETRY_SECONDS} seconds'"),
+        next_check_at=FromNow(seconds=CREATE_REFUSED_RETRY_SECONDS),
     )
     conn.commit()
     return SubmitResult("waiting_for_capacity", "OpenAI refused the batch: token_limit_exceeded")
@@ -234,7 +233,7 @@ def fail_batch(connect: Connect, batch_id: int, message: str) -> None:
         transition(
             conn,
             batch_id,
-            CLAIMABLE,
+            BEFORE_OPENAI,
             "failed",
             message[:2000],
             error_msg=message[:10_000],

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import psycopg
@@ -81,10 +82,10 @@ STALLED_AFTER_SECONDS = 900
 RELAUNCH_PER_TICK = 20
 
 
-def relaunch_stalled(conn: psycopg.Connection, states: list[str]) -> list[dict[str, Any]]:
+def relaunch_stalled(conn: psycopg.Connection, states: Sequence[str]) -> list[dict[str, Any]]:
     """Give batches stuck in ``states`` a new launch (see RELAUNCH_STALLED). Commits."""
     rows = conn.execute(
-        RELAUNCH_STALLED, {"states": states, "after": STALLED_AFTER_SECONDS, "limit": RELAUNCH_PER_TICK}
+        RELAUNCH_STALLED, {"states": list(states), "after": STALLED_AFTER_SECONDS, "limit": RELAUNCH_PER_TICK}
     ).fetchall()
     conn.commit()
     return rows
@@ -127,6 +128,71 @@ ADVISORY_UNLOCK = "SELECT pg_advisory_unlock(hashtext('batchman.capacity:' || %s
 
 def get_batch(conn: psycopg.Connection, batch_id: int) -> dict[str, Any] | None:
     return conn.execute(GET_BATCH, (batch_id,)).fetchone()
+
+
+def ready_for_upload(conn: psycopg.Connection, limit: int) -> list[dict[str, Any]]:
+    return conn.execute(READY_FOR_UPLOAD, (limit,)).fetchall()
+
+
+def results_due(conn: psycopg.Connection, limit: int) -> list[dict[str, Any]]:
+    return conn.execute(RESULTS_DUE, (limit,)).fetchall()
+
+
+def poll_due(conn: psycopg.Connection, limit: int) -> list[dict[str, Any]]:
+    return conn.execute(POLL_DUE, (limit,)).fetchall()
+
+
+def record_progress(
+    conn: psycopg.Connection, batch_id: int, status: str, counts: dict[str, int | None], interval: float
+) -> None:
+    """OpenAI's status and request counts; the next check ``interval`` seconds from now."""
+    conn.execute(PROGRESS, {"id": batch_id, "status": status, "interval": interval, **counts})
+
+
+def postpone_check(conn: psycopg.Connection, batch_id: int, seconds: float) -> None:
+    conn.execute(POSTPONE_CHECK, (seconds, batch_id))
+
+
+def waiting_due(conn: psycopg.Connection, limit: int) -> list[dict[str, Any]]:
+    return conn.execute(WAITING_DUE, (limit,)).fetchall()
+
+
+def reserved_by_model(conn: psycopg.Connection, models: list[str]) -> dict[str, int]:
+    """Estimated tokens of our batches at OpenAI, per model (models with none are absent)."""
+    return {r["model"]: int(r["tokens"]) for r in conn.execute(RESERVED_BY_MODEL, (models,))}
+
+
+def admit(conn: psycopg.Connection, batch_id: int) -> dict[str, Any] | None:
+    """Hand a waiting batch to a new upload run: its id and new launch count, or None if it moved."""
+    return conn.execute(ADMIT, (batch_id,)).fetchone()
+
+
+def mark_creating(conn: psycopg.Connection, batch_id: int) -> None:
+    """The intent stored before ``batches.create``: a re-run looks the batch up at OpenAI first."""
+    conn.execute(MARK_CREATING, (batch_id,))
+
+
+def note_cancelled_remote(conn: psycopg.Connection, batch_id: int, openai_batch_id: str) -> None:
+    conn.execute(NOTE_CANCELLED_REMOTE, (openai_batch_id, batch_id))
+
+
+def requests_to_processing(conn: psycopg.Connection, batch_id: int) -> None:
+    conn.execute(REQUESTS_TO_PROCESSING, (batch_id,))
+
+
+def requests_back_to_pending(conn: psycopg.Connection, batch_id: int) -> None:
+    conn.execute(REQUESTS_BACK_TO_PENDING, (batch_id,))
+
+
+@contextmanager
+def capacity_lock(conn: psycopg.Connection, model: str) -> Iterator[None]:
+    """One admission per model at a time, across runs and processes (a session advisory lock on an
+    autocommit connection, held while the ledger check and the create call run)."""
+    conn.execute(ADVISORY_LOCK, (model,))
+    try:
+        yield
+    finally:
+        conn.execute(ADVISORY_UNLOCK, (model,))
 
 
 def iter_batch_lines(conn: psycopg.Connection, batch_id: int) -> Iterator[str]:

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import psycopg
 
+from batch_pipeline.config import Settings
 from batch_pipeline.store.transitions import RECORD_TRANSITION
 
 # Distinct queued groups by a loose index scan (one index probe per group, not a scan of all rows),
@@ -102,6 +103,10 @@ class BatchLimits:
     max_bytes: int
     max_age_seconds: int
     max_inputs: int = 50_000
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> BatchLimits:
+        return cls(settings.batch_max_requests, settings.batch_max_bytes, settings.batch_max_age_seconds)
 
 
 @dataclass(frozen=True)

@@ -15,16 +15,8 @@ from typing import Any
 import psycopg
 from psycopg.rows import dict_row
 
-from batch_pipeline.delivery.attempt import Attempt, Delivery
-
-# States a batch may (re)enter 'delivering' from, and the ones that mean "delivery finished".
-FINAL_DELIVERY_STATES = ("delivered", "partially_delivered", "delivery_failed")
-DELIVERABLE_BATCH_STATES = ("ready_to_deliver", "delivering", *FINAL_DELIVERY_STATES)
-# Request states a batch redelivery resets, per ``only``.
-REDELIVER_STATES = {
-    "failed": ("delivery_failed",),
-    "all": ("delivered", "failed", "delivery_failed", "openai_processed"),
-}
+from batch_pipeline.states import DELIVERABLE, DELIVERY_FINISHED, REDELIVER_BATCH_REQUESTS
+from batch_pipeline.store.records import Attempt, Delivery
 
 # Due requests of one batch, and claims whose lease ran out (their run crashed). SKIP LOCKED: two
 # runs never claim the same row; the lease: a crashed run's rows come back.
@@ -85,7 +77,7 @@ WITH old AS (
     WHERE id = %(batch_id)s AND state = ANY(%(from_states)s) FOR UPDATE
 ), moved AS (
     UPDATE batchman.batches b SET state = %(to_state)s, updated_at = now(),
-        completed_at = CASE WHEN %(to_state)s IN {FINAL_DELIVERY_STATES!r}
+        completed_at = CASE WHEN %(to_state)s IN {DELIVERY_FINISHED!r}
                             THEN coalesce(b.completed_at, now()) ELSE b.completed_at END
     FROM old WHERE b.id = old.id
     RETURNING b.id, old.state AS from_state
@@ -230,16 +222,16 @@ async def redeliver_batch(conn: psycopg.AsyncConnection, batch_id: int, only: st
         await conn.rollback()
         return None
     requeued = 0
-    if batch["state"] in DELIVERABLE_BATCH_STATES:
-        await cur.execute(REDELIVER_REQUESTS, (batch_id, list(REDELIVER_STATES[only])))
+    if batch["state"] in DELIVERABLE:
+        await cur.execute(REDELIVER_REQUESTS, (batch_id, list(REDELIVER_BATCH_REQUESTS[only])))
         requeued = cur.rowcount
     state = batch["state"]
-    if requeued and state in FINAL_DELIVERY_STATES:
+    if requeued and state in DELIVERY_FINISHED:
         await cur.execute(
             TRANSITION,
             {
                 "batch_id": batch_id,
-                "from_states": list(FINAL_DELIVERY_STATES),
+                "from_states": list(DELIVERY_FINISHED),
                 "to_state": "delivering",
                 "reason": f"redeliver only={only}: {requeued} requests",
             },
@@ -259,7 +251,7 @@ def begin_delivery(conn: psycopg.Connection, batch_id: int, reason: str) -> str 
         TRANSITION,
         {
             "batch_id": batch_id,
-            "from_states": ["ready_to_deliver", *FINAL_DELIVERY_STATES],
+            "from_states": ["ready_to_deliver", *DELIVERY_FINISHED],
             "to_state": "delivering",
             "reason": reason,
         },
@@ -276,7 +268,7 @@ def due_batches(conn: psycopg.Connection, limit: int, stale_seconds: float) -> l
     """(batch id, wave) for batches that need a delivery run now, marked as requested."""
     rows = conn.execute(
         DUE_BATCHES,
-        {"limit": limit, "stale_seconds": stale_seconds, "states": list(DELIVERABLE_BATCH_STATES[1:])},
+        {"limit": limit, "stale_seconds": stale_seconds, "states": list(DELIVERABLE[1:])},
     ).fetchall()
     conn.commit()
     return sorted((r["id"], r["delivery_wave"]) if isinstance(r, dict) else (r[0], r[1]) for r in rows)

@@ -15,7 +15,8 @@ import psycopg
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
-from batch_pipeline.intake.validation import NewRequest
+from batch_pipeline.states import REDELIVERABLE_REQUESTS
+from batch_pipeline.store.records import NewRequest
 
 INSERT_REQUEST = """
 INSERT INTO batchman.requests
@@ -65,8 +66,6 @@ FROM batchman.delivery_attempts WHERE request_id = %s
 ORDER BY attempted_at DESC, id DESC
 """
 
-# States from which a stored result may be sent again (the seed's list).
-REDELIVERABLE_STATES = ("openai_processed", "delivered", "failed", "delivery_failed", "expired", "cancelled")
 
 REDELIVER = """
 UPDATE batchman.requests
@@ -288,7 +287,7 @@ async def list_requests(
 async def redeliver_request(conn: psycopg.AsyncConnection, custom_id: str) -> dict[str, Any] | None:
     """Queue a stored result for delivery again; None when the state or a missing result forbids it."""
     cur = conn.cursor(row_factory=dict_row)
-    await cur.execute(REDELIVER, (custom_id, list(REDELIVERABLE_STATES)))
+    await cur.execute(REDELIVER, (custom_id, list(REDELIVERABLE_REQUESTS)))
     row = await cur.fetchone()
     await conn.commit()
     return row

@@ -1,4 +1,18 @@
-"""SQL of the results stage: a staging table filled by COPY, applied with set-based UPDATEs."""
+"""The results stage's statements: a staging table filled by COPY, applied with set-based UPDATEs.
+
+All of them run in the caller's transaction, together with the batch's state change.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import psycopg
+
+# One staged line: custom_id, the line as stored (text of a JSON object, or None), its kind
+# ('ok' | 'retry' | 'failed') and the error message.
+StagedLine = tuple[str, str | None, str, str | None]
 
 CREATE_STAGING = """
 CREATE TEMP TABLE results_staging (
@@ -50,3 +64,40 @@ SELECT custom_id FROM batchman.requests WHERE batch_id = %s AND state = 'openai_
 COUNT_DELIVERABLE = """
 SELECT count(*) AS n FROM batchman.requests WHERE batch_id = %s AND state = 'openai_processed'
 """
+
+
+def stage(conn: psycopg.Connection, lines: Iterable[StagedLine]) -> None:
+    """COPY the lines into this transaction's staging table and analyse it."""
+    conn.execute(CREATE_STAGING)
+    with conn.cursor().copy(COPY_STAGING) as copy:
+        for line in lines:
+            copy.write_row(line)
+    # Temp tables have no statistics until analysed; without them the planner may pick a nested loop
+    # over 50,000 staged lines.
+    conn.execute(ANALYZE_STAGING)
+
+
+def apply_staged(conn: psycopg.Connection, batch_id: int, max_resubmits: int) -> tuple[int, int]:
+    """Requeue the retryable lines (within ``max_resubmits``), store the rest: (resubmitted, stored)."""
+    params = {"batch_id": batch_id, "max_resubmits": max_resubmits}
+    resubmitted = conn.execute(APPLY_RETRIES, params).rowcount
+    return resubmitted, conn.execute(APPLY_RESULTS, params).rowcount
+
+
+def requeue_leftovers(conn: psycopg.Connection, batch_id: int, max_resubmits: int) -> int:
+    """Requests OpenAI returned no line for go back to the queue (within ``max_resubmits``)."""
+    return conn.execute(LEFTOVERS_RETRY, {"batch_id": batch_id, "max_resubmits": max_resubmits}).rowcount
+
+
+def fail_leftovers(conn: psycopg.Connection, batch_id: int, code: str, message: str) -> int:
+    """The batch's requests still without a result get an error line in OpenAI's shape."""
+    return conn.execute(LEFTOVERS_FAIL, {"batch_id": batch_id, "code": code, "message": message}).rowcount
+
+
+def processing_in_order(conn: psycopg.Connection, batch_id: int) -> list[dict[str, Any]]:
+    """The batch's requests awaiting a result, in input-file line order."""
+    return conn.execute(PROCESSING_IN_ORDER, (batch_id,)).fetchall()
+
+
+def count_deliverable(conn: psycopg.Connection, batch_id: int) -> int:
+    return conn.execute(COUNT_DELIVERABLE, (batch_id,)).fetchone()["n"]

@@ -8,19 +8,25 @@ import dagster as dg
 import psycopg
 import pytest
 
-from batch_pipeline.defs.delivery import REDELIVER_ONLY_TAG, deliver_job, delivery_sensor, redeliver_job
+from batch_pipeline.config import Settings
+from batch_pipeline.defs.delivery import REDELIVER_ONLY_TAG, deliver_job, make_delivery_sensor, redeliver_job
 from batch_pipeline.defs.partitions import batch_partitions
-from batch_pipeline.defs.resources import PipelineSettingsResource, PostgresResource, RabbitMQResource
+from batch_pipeline.defs.resources import build_resources
 from tests.batch_pipeline.delivery.conftest import batch_state, requests_of, rows, seed_batch, webhook
 
 
-def resources(db_url: str, **pipeline: object) -> dict:
-    settings = {"delivery_retry_schedule_seconds": "3600", "delivery_retry_jitter": 0.0} | pipeline
-    return {
-        "postgres": PostgresResource(dsn=db_url),
-        "rabbitmq": RabbitMQResource(url=""),
-        "pipeline": PipelineSettingsResource(**settings),
-    }
+def resources(db_url: str) -> dict:
+    settings = Settings(
+        _env_file=None,
+        database_url=db_url,
+        rabbitmq_url=None,
+        delivery_retry_schedule_seconds="3600",
+        delivery_retry_jitter=0.0,
+    )
+    return build_resources(settings)
+
+
+delivery_sensor = make_delivery_sensor(deliver_job, interval_seconds=30)
 
 
 @pytest.fixture

@@ -11,9 +11,10 @@ from pathlib import Path
 import pytest
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
+from batch_pipeline.config import SigningSecretError
 from batch_pipeline.delivery.backoff import next_delay, parse_retry_after
 from batch_pipeline.delivery.deliverer import deliver_batch
-from batch_pipeline.delivery.signing import Signer, SigningSecretError
+from batch_pipeline.delivery.signing import Signer
 from batch_pipeline.url_policy import EgressPolicy, denied_reason, intake_url_policy
 from tests.batch_pipeline.delivery.conftest import attempts_of, options, requests_of, seed_batch, webhook
 from tests.conftest import make_settings

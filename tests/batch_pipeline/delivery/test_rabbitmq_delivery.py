@@ -89,7 +89,7 @@ def test_connection_cut_mid_delivery_still_delivers_everything(db_url, rabbitmq_
 
 
 def test_publisher_reconnects_after_a_cut_between_batches(rabbitmq_url, queues) -> None:
-    from batch_pipeline.delivery.attempt import Delivery
+    from batch_pipeline.store.records import Delivery
 
     q = queues()
     proxy = TcpProxy(urlsplit(rabbitmq_url).port or 5672)
@@ -148,7 +148,7 @@ def test_a_twelve_second_outage_mid_run_is_ridden_out_in_the_same_run(db_url, ra
 
 
 def test_after_giving_up_later_chunks_go_through_once_the_broker_is_back(rabbitmq_url, queues) -> None:
-    from batch_pipeline.delivery.attempt import Delivery
+    from batch_pipeline.store.records import Delivery
 
     q = queues()
     proxy = TcpProxy(urlsplit(rabbitmq_url).port or 5672)

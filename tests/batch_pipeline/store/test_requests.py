@@ -8,7 +8,7 @@ import psycopg
 import pytest
 from msgspec.structs import astuple
 
-from batch_pipeline.intake.validation import NewRequest
+from batch_pipeline.store.records import NewRequest
 from batch_pipeline.store.requests import COPY_REQUESTS, BulkWriter, copy_line, copy_row
 
 STORED = (
