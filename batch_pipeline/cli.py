@@ -41,7 +41,7 @@ def database(settings: Settings) -> Iterator[str]:
 
 
 def cmd_migrate(settings: Settings, _: argparse.Namespace) -> int:
-    from batch_pipeline.runtime.migrate import migrate
+    from batch_pipeline.store.migrate import migrate
 
     with database(settings) as dsn:
         applied = migrate(dsn)
@@ -52,7 +52,7 @@ def cmd_migrate(settings: Settings, _: argparse.Namespace) -> int:
 def cmd_api(settings: Settings, args: argparse.Namespace) -> int:
     import uvicorn
 
-    from batch_pipeline.runtime.migrate import migrate
+    from batch_pipeline.store.migrate import migrate
 
     with database(settings) as dsn:
         migrate(dsn)
@@ -87,7 +87,7 @@ def cmd_simulator(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
-    from batch_pipeline.runtime.migrate import migrate
+    from batch_pipeline.store.migrate import migrate
 
     with database(settings) as dsn:
         migrate(dsn)

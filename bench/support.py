@@ -15,7 +15,7 @@ from urllib.parse import urlsplit, urlunsplit
 import httpx
 import psycopg
 
-from batch_pipeline.runtime.migrate import migrate
+from batch_pipeline.store.migrate import migrate
 
 
 @contextlib.contextmanager

@@ -17,7 +17,7 @@ import pytest
 import uvicorn
 
 from batch_pipeline.config import Settings, load_settings
-from batch_pipeline.runtime.migrate import migrate
+from batch_pipeline.store.migrate import migrate
 
 IN_CI = os.environ.get("CI", "").lower() == "true"
 

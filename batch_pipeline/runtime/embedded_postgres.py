@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 import psycopg
 
 from batch_pipeline.runtime.supervisor import stop_signals_deferred
+from batch_pipeline.store.migrate import ensure_database
 
 if TYPE_CHECKING:
     import psutil
@@ -64,8 +65,7 @@ class EmbeddedPostgres:
 
     def _ensure_database(self, name: str) -> None:
         with psycopg.connect(self.url("postgres"), autocommit=True) as conn:
-            if conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone() is None:
-                conn.execute(f'CREATE DATABASE "{name}"')
+            ensure_database(conn, name)
 
     def url(self, database: str = APP_DATABASE) -> str:
         if self._server is None:

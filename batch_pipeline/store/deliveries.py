@@ -71,13 +71,13 @@ FROM batchman.requests WHERE batch_id = %s
 # A conditional batch transition with its audit row, in one statement; no row back: not moved.
 # Entering a final delivery state records completed_at, which retention counts from; the first
 # completion is kept, so a redelivery does not restart the retention period.
-TRANSITION = f"""
+TRANSITION = """
 WITH old AS (
     SELECT id, state FROM batchman.batches
     WHERE id = %(batch_id)s AND state = ANY(%(from_states)s) FOR UPDATE
 ), moved AS (
     UPDATE batchman.batches b SET state = %(to_state)s, updated_at = now(),
-        completed_at = CASE WHEN %(to_state)s IN {DELIVERY_FINISHED!r}
+        completed_at = CASE WHEN %(to_state)s = ANY(%(finished)s)
                             THEN coalesce(b.completed_at, now()) ELSE b.completed_at END
     FROM old WHERE b.id = old.id
     RETURNING b.id, old.state AS from_state
@@ -86,6 +86,18 @@ INSERT INTO batchman.batch_transitions (batch_id, from_state, to_state, reason)
 SELECT id, from_state, %(to_state)s, %(reason)s FROM moved
 RETURNING from_state
 """
+
+
+def _moved(batch_id: int, from_states: Sequence[str], to_state: str, reason: str) -> dict[str, Any]:
+    """The parameters of ``TRANSITION``."""
+    return {
+        "batch_id": batch_id,
+        "from_states": list(from_states),
+        "to_state": to_state,
+        "reason": reason,
+        "finished": list(DELIVERY_FINISHED),
+    }
+
 
 GET_BATCH = "SELECT id, state, delivery_wave, delivery_requested_at FROM batchman.batches WHERE id = %s"
 
@@ -202,7 +214,7 @@ async def finish_batch(conn: psycopg.AsyncConnection, batch_id: int) -> str | No
         reason = f"{counts['delivered']} delivered, {counts['failed']} delivery failed"
         await cur.execute(
             TRANSITION,
-            {"batch_id": batch_id, "from_states": ["delivering"], "to_state": target, "reason": reason},
+            _moved(batch_id, ["delivering"], target, reason),
         )
         target = target if await cur.fetchone() else None
     await conn.commit()
@@ -229,12 +241,7 @@ async def redeliver_batch(conn: psycopg.AsyncConnection, batch_id: int, only: st
     if requeued and state in DELIVERY_FINISHED:
         await cur.execute(
             TRANSITION,
-            {
-                "batch_id": batch_id,
-                "from_states": list(DELIVERY_FINISHED),
-                "to_state": "delivering",
-                "reason": f"redeliver only={only}: {requeued} requests",
-            },
+            _moved(batch_id, DELIVERY_FINISHED, "delivering", f"redeliver only={only}: {requeued} requests"),
         )
         state = "delivering"
     await conn.commit()
@@ -249,12 +256,7 @@ def begin_delivery(conn: psycopg.Connection, batch_id: int, reason: str) -> str 
     the batch state when delivery may go on, None when the batch is gone or in another state."""
     conn.execute(
         TRANSITION,
-        {
-            "batch_id": batch_id,
-            "from_states": ["ready_to_deliver", *DELIVERY_FINISHED],
-            "to_state": "delivering",
-            "reason": reason,
-        },
+        _moved(batch_id, ["ready_to_deliver", *DELIVERY_FINISHED], "delivering", reason),
     )
     row = conn.execute(GET_BATCH, (batch_id,)).fetchone()
     conn.commit()

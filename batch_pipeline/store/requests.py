@@ -12,6 +12,7 @@ from typing import Any
 
 import orjson
 import psycopg
+from psycopg import sql
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
@@ -31,21 +32,24 @@ EXISTING_CUSTOM_IDS = "SELECT custom_id FROM batchman.requests WHERE custom_id =
 COPY_COLUMNS = (
     "(custom_id, endpoint, model, payload, payload_bytes, estimated_tokens, delivery_config, input_count)"
 )
-COPY_REQUESTS = f"COPY batchman.requests {COPY_COLUMNS} FROM STDIN"
+COPY_REQUESTS = "COPY batchman.requests " + COPY_COLUMNS + " FROM STDIN"
 
 # Slow path for bulk intake when a concurrent writer raced us on a custom_id. Rows go in custom_id
 # order: two such inserts then take their locks in one order and cannot deadlock each other.
 CREATE_STAGING = """
 CREATE TEMP TABLE requests_staging (LIKE batchman.requests INCLUDING DEFAULTS) ON COMMIT DROP
 """
-COPY_STAGING = f"COPY requests_staging {COPY_COLUMNS} FROM STDIN"
-MERGE_STAGING = f"""
-INSERT INTO batchman.requests {COPY_COLUMNS}
+COPY_STAGING = "COPY requests_staging " + COPY_COLUMNS + " FROM STDIN"
+MERGE_STAGING = (
+    "INSERT INTO batchman.requests "
+    + COPY_COLUMNS
+    + """
 SELECT custom_id, endpoint, model, payload, payload_bytes, estimated_tokens, delivery_config, input_count
 FROM requests_staging ORDER BY custom_id COLLATE "C"
 ON CONFLICT (custom_id) DO NOTHING
 RETURNING custom_id
 """
+)
 
 # Two bulk calls that share custom_ids can deadlock (each waits for a row the other inserted); the
 # one Postgres aborts treats it like a conflict and retries, this many times in all.
@@ -58,7 +62,11 @@ r.created_at, r.updated_at, r.payload_bytes AS request_payload_size,
 r.delivery_attempt_count, r.next_attempt_at, r.estimated_tokens, r.result
 """
 
-GET_REQUEST = f"SELECT {REQUEST_COLUMNS} FROM batchman.requests r WHERE r.custom_id = %s"
+# Newest first; keyset pagination on id. {where} is composed of fixed clauses (``list_requests``).
+LIST_REQUESTS = (
+    "SELECT " + REQUEST_COLUMNS + " FROM batchman.requests r WHERE {where} ORDER BY r.id DESC LIMIT %s"
+)
+GET_REQUEST = "SELECT " + REQUEST_COLUMNS + " FROM batchman.requests r WHERE r.custom_id = %s"
 
 GET_ATTEMPTS = """
 SELECT id, outcome, error_msg, delivery_config, http_status, duration_ms, attempted_at
@@ -277,8 +285,9 @@ async def list_requests(
     if before_id is not None:
         clauses.append("r.id < %s")
         params.append(before_id)
-    where = " AND ".join(clauses) or "TRUE"
-    query = f"SELECT {REQUEST_COLUMNS} FROM batchman.requests r WHERE {where} ORDER BY r.id DESC LIMIT %s"
+    # The clauses are fixed text naming fixed columns; every value is a parameter.
+    where = sql.SQL(" AND ").join(sql.SQL(c) for c in clauses) if clauses else sql.SQL("TRUE")
+    query = sql.SQL(LIST_REQUESTS).format(where=where)
     cur = conn.cursor(row_factory=dict_row)
     await cur.execute(query, (*params, limit))
     return await cur.fetchall()

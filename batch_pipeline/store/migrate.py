@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from importlib import resources
 
 import psycopg
+from psycopg import sql
 
 log = logging.getLogger(__name__)
 
@@ -91,3 +92,12 @@ def migrate(dsn: str) -> list[str]:
         finally:
             conn.execute("SELECT pg_advisory_unlock(%s)", (MIGRATION_LOCK_ID,))
     return applied_now
+
+
+DATABASE_EXISTS = "SELECT 1 FROM pg_database WHERE datname = %s"
+
+
+def ensure_database(conn: psycopg.Connection, name: str) -> None:
+    """Create database ``name`` on this server unless it exists (``conn`` in autocommit mode)."""
+    if conn.execute(DATABASE_EXISTS, (name,)).fetchone() is None:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))

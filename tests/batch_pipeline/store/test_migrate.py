@@ -1,7 +1,7 @@
 """The migration runner against a real Postgres, and the migrated schema against the expected one.
 
 After adding a migration on purpose, refresh the expected schema with
-``UPDATE_EXPECTED_SCHEMA=1 pytest tests/batch_pipeline/runtime/test_migrate.py`` and review the diff.
+``UPDATE_EXPECTED_SCHEMA=1 pytest tests/batch_pipeline/store/test_migrate.py`` and review the diff.
 """
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from batch_pipeline.runtime import migrate as migrate_mod
-from batch_pipeline.runtime.migrate import Migration, MigrationError, available_migrations, migrate
+from batch_pipeline.store import migrate as migrate_mod
+from batch_pipeline.store.migrate import Migration, MigrationError, available_migrations, migrate
 
 EXPECTED = Path(__file__).with_name("expected_schema.txt")
 
