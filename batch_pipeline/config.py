@@ -1,7 +1,7 @@
 """All configuration in one settings class, read from the environment (and a ``.env`` file).
 
-Seed variable names are kept (``OPENAI_API_KEY``, ``DATABASE_URL``, ``PORT``, ``RABBITMQ_URL``,
-``RABBITMQ_INPUT_QUEUE``, ``DISABLE_DELIVERY_RETRY``) so users of the Elixir service can switch.
+The Elixir OpenAI Batch Manager's variable names are kept (``OPENAI_API_KEY``, ``DATABASE_URL``,
+``PORT``, ``RABBITMQ_URL``, ``RABBITMQ_INPUT_QUEUE``, ``DISABLE_DELIVERY_RETRY``) so its users can switch.
 A bad value fails at start with a message that names the variable.
 """
 
@@ -54,7 +54,7 @@ class ConfigError(RuntimeError):
 
 
 def normalize_database_url(url: str) -> str:
-    """Accept ``postgres://``, ``postgresql://`` and the seed's ``ecto://``; return a libpq URL."""
+    """Accept ``postgres://``, ``postgresql://`` and the Elixir service's ``ecto://``; return a libpq URL."""
     parts = urlsplit(url.strip())
     scheme = parts.scheme.lower()
     if scheme in ("postgres", "postgresql", "ecto") or scheme.startswith("postgresql+"):

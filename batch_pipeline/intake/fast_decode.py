@@ -1,7 +1,7 @@
 """The intake fast path: decode and check one raw request in C (msgspec), without building Python dicts.
 
 Only well-formed requests take this path. Anything it does not accept, or is not sure about, returns
-None and goes through ``validation.validate_request``, which reports every error in the seed's
+None and goes through ``validation.validate_request``, which reports every error in the Elixir service's
 envelope. A test checks that both paths agree on what they accept and on the line they store.
 
 The request ``body`` is kept as the client's raw JSON bytes, so unknown fields (and numbers as

@@ -1,9 +1,10 @@
 """Validation of one submitted request, shared by HTTP intake, bulk intake and the RabbitMQ consumer.
 
 Input is the decoded JSON of a ``POST /api/requests`` body. Output is either a ``NewRequest`` ready to
-store, or a list of errors in the seed's envelope shape (``{code, title, detail, source: {pointer}}``).
+store, or a list of errors in the Elixir service's envelope shape
+(``{code, title, detail, source: {pointer}}``).
 Unknown fields inside ``body`` pass through to OpenAI untouched; unknown top-level fields are rejected,
-as the seed does.
+as the Elixir service does.
 """
 
 from __future__ import annotations

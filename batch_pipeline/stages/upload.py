@@ -206,7 +206,7 @@ def _create(
 
 
 # OpenAI refusing the create call for its token queue costs nothing: wait and try again (as the
-# seed does), without spending one of the token-limit retries kept for batches failed at OpenAI.
+# Elixir service does), without spending a token-limit retry (those are for batches failed at OpenAI).
 CREATE_REFUSED_RETRY_SECONDS = 60
 
 

@@ -195,7 +195,7 @@ async def record(conn: psycopg.AsyncConnection, outcomes: Sequence[Outcome]) -> 
 
 
 def outcome_state(counts: dict[str, int]) -> str | None:
-    """The batch outcome (seed §3.5), or None while requests are still being delivered."""
+    """The batch outcome (as the Elixir service decides it), or None while requests are in delivery."""
     if counts["open"]:
         return None
     if counts["failed"] == 0:

@@ -32,7 +32,7 @@ MAX_ERROR_CHARS = 2000
 
 
 def idempotency_key(request_id: int) -> str:
-    """The seed's key; also our Standard Webhooks ``webhook-id`` and the AMQP ``message_id``."""
+    """The Elixir service's key; also our Standard Webhooks ``webhook-id`` and the AMQP ``message_id``."""
     return f"batcher:req:{request_id}"
 
 
