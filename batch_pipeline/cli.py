@@ -68,6 +68,7 @@ def cmd_api(settings: Settings, args: argparse.Namespace) -> int:
             workers=args.workers,
             log_level="info",
             access_log=False,
+            timeout_keep_alive=settings.api_keepalive_seconds,
         )
     return 0
 

@@ -88,6 +88,10 @@ class Settings(BaseSettings):
     dagster_database_url: str | None = None
     simulator_port: int = Field(4010, ge=1, le=65535)
     db_pool_max_size: int = Field(10, ge=1, le=200)
+    # Idle keep-alive of the API's HTTP connections. Longer than common client pools keep idle
+    # connections (httpx 5 s, aiohttp 15 s, Node 5 s): the client closes first, so it never sends a
+    # request on a connection the server is closing at that moment (a spurious connection error).
+    api_keepalive_seconds: int = Field(75, ge=1, le=3600)
 
     # --- RabbitMQ -------------------------------------------------------------------------------
     rabbitmq_url: str | None = None

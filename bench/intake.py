@@ -14,7 +14,7 @@ import httpx
 import psycopg
 
 from batch_pipeline.intake.validation import Limits, NewRequest, validate_request
-from batch_pipeline.store.requests import COPY_COLUMNS, copy_row
+from batch_pipeline.store.request_inserts import COPY_COLUMNS, copy_row
 from bench.support import fresh_database, postgres_server, report, uvicorn_process
 
 SINGLE_REQUESTS = 3000

@@ -34,7 +34,7 @@ import psycopg
 from batch_pipeline.db import connect as db_connect
 from batch_pipeline.intake.validation import Limits, validate_request
 from batch_pipeline.store.batching import BatchLimits, cut_batch
-from batch_pipeline.store.requests import COPY_COLUMNS, copy_row
+from batch_pipeline.store.request_inserts import COPY_COLUMNS, copy_row
 from bench.intake import make_request
 from bench.support import free_port, fresh_database, postgres_server, report
 

@@ -1,7 +1,8 @@
-"""The seed's error envelope, ``{"errors": [{code, title, detail, source: {pointer}}]}``, everywhere.
+"""The Elixir OpenAI Batch Manager's error envelope, everywhere: this API is compatible with it.
 
-Every error the API returns, including FastAPI's own (404 routes, bad query parameters, wrong
-methods), goes out in this shape with a 4xx status; only real faults are 500s.
+``{"errors": [{code, title, detail, source: {pointer}}]}``: every error the API returns, including
+FastAPI's own (404 routes, bad query parameters, wrong methods), goes out in this shape with a 4xx
+status; only real faults are 500s.
 """
 
 from __future__ import annotations

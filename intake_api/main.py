@@ -15,7 +15,7 @@ import batch_pipeline
 from batch_pipeline.config import Settings, get_settings
 from batch_pipeline.intake.service import IntakeService
 from intake_api.errors import install_error_handlers
-from intake_api.routes import batches, batches_redeliver, health, openai_webhook, requests
+from intake_api.routes import batches, health, openai_webhook, requests
 from intake_api.routes import settings as settings_routes
 from intake_api.schemas import RequestInput
 
@@ -64,7 +64,6 @@ def create_app(settings: Settings | None = None, database_url: str | None = None
     app.include_router(health.router)
     app.include_router(requests.router)
     app.include_router(batches.router)
-    app.include_router(batches_redeliver.router)
     app.include_router(settings_routes.router)
     app.include_router(openai_webhook.router)
     app.openapi = lambda: _openapi(app, settings)  # type: ignore[method-assign]

@@ -133,5 +133,5 @@ class Ready(BaseModel):
 
 
 def errors_doc(*codes: int) -> dict[int | str, dict[str, Any]]:
-    """OpenAPI ``responses`` entries for error statuses, all in the seed's envelope."""
+    """OpenAPI ``responses`` entries for error statuses, all in the error envelope."""
     return {code: {"model": ErrorEnvelope} for code in codes}

@@ -7,10 +7,10 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from batch_pipeline.batch_admin import ALL_BATCH_STATES
+from batch_pipeline.states import BATCH_STATES
 from intake_api.schemas import EndpointUrl
 
-BatchState = Literal[ALL_BATCH_STATES]  # type: ignore[valid-type]
+BatchState = Literal[BATCH_STATES]  # type: ignore[valid-type]
 # Postgres text cannot hold U+0000: such a value is a client error (422), never a failed query (500).
 NO_NUL = r"^[^\x00]*$"
 
@@ -106,6 +106,14 @@ class CancelResult(BatchAction):
 
 class RestartResult(BatchAction):
     requeued_requests: int
+
+
+class BatchRedelivered(BaseModel):
+    batch_id: int
+    only: Literal["failed", "all"]
+    requeued: int
+    state: str
+    message: str
 
 
 class ModelLimit(BaseModel):

@@ -82,14 +82,21 @@ def free_port() -> int:
 
 
 class ServerThread:
-    """A real uvicorn server for an ASGI app, on a free loopback port, in a background thread."""
+    """A real uvicorn server for an ASGI app, on a loopback port, in a background thread.
 
-    def __init__(self, app: object) -> None:
-        self.port = free_port()
-        self.server = uvicorn.Server(
-            uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="on")
-        )
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
+    The socket is bound here, before anyone learns the port, and handed to uvicorn: no other process
+    can take the port between choosing and binding it. Keep-alive as ``batchman api`` sets it.
+    """
+
+    def __init__(
+        self, app: object, keepalive_seconds: int = Settings.model_fields["api_keepalive_seconds"].default
+    ) -> None:
+        self.socket = socket.socket()
+        self.socket.bind(("127.0.0.1", 0))
+        self.port = self.socket.getsockname()[1]
+        config = uvicorn.Config(app, log_level="warning", lifespan="on", timeout_keep_alive=keepalive_seconds)
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.socket]}, daemon=True)
 
     @property
     def url(self) -> str:
@@ -107,6 +114,7 @@ class ServerThread:
     def __exit__(self, *exc: object) -> None:
         self.server.should_exit = True
         self.thread.join(timeout=10)
+        self.socket.close()
 
 
 def make_settings(tmp_path: Path, **overrides: object) -> Settings:

@@ -22,7 +22,7 @@ from batch_pipeline.intake.validation import (
 )
 from batch_pipeline.model_limits import token_limit_for
 from batch_pipeline.store import model_limits as limits_store
-from batch_pipeline.store import requests as requests_store
+from batch_pipeline.store import request_inserts as requests_store
 from batch_pipeline.url_policy import UrlPolicy, intake_url_policy
 
 # Overrides change rarely; re-reading them on every request would double the intake's queries.

@@ -101,3 +101,12 @@ def ensure_database(conn: psycopg.Connection, name: str) -> None:
     """Create database ``name`` on this server unless it exists (``conn`` in autocommit mode)."""
     if conn.execute(DATABASE_EXISTS, (name,)).fetchone() is None:
         conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+
+
+# Readiness: the database answers and holds our schema (a fresh server that was never migrated fails).
+SCHEMA_PRESENT = "SELECT 1 FROM batchman.schema_migrations LIMIT 1"
+
+
+async def check_schema(conn: psycopg.AsyncConnection) -> None:
+    """Raises when the database cannot be reached or has no migrated schema."""
+    await conn.execute(SCHEMA_PRESENT)

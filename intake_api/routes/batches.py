@@ -1,18 +1,21 @@
-"""``/api/batches``: list and inspect batches; upload now, cancel, restart and delete them.
+"""``/api/batches``: list and inspect batches; upload now, cancel, restart, delete and redeliver them.
 
 The actions change state only; the Dagster sensors do the work at their next tick (upload runs for new
-'ready' batches, admission for a waiting batch made due, the status check of a cancelling batch).
+'ready' batches, admission for a waiting batch made due, the status check of a cancelling batch, the
+delivery run of a redelivered batch).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Annotated
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Body, Depends, Query, Request, Response
 
-from batch_pipeline import batch_admin as admin
+from batch_pipeline.admin import batches as admin
+from batch_pipeline.admin import cancel
+from batch_pipeline.admin.errors import BatchNotFound, InvalidBatchState, NotRedeliverable, OpenAICallFailed
 from intake_api.deps import ConnDep, SettingsDep, require_token
 from intake_api.errors import ApiError
 from intake_api.schemas import EndpointUrl, errors_doc
@@ -21,6 +24,7 @@ from intake_api.schemas_batches import (
     BatchAction,
     BatchDetail,
     BatchPage,
+    BatchRedelivered,
     BatchState,
     CancelResult,
     RestartResult,
@@ -33,14 +37,16 @@ router = APIRouter(prefix="/api/batches", tags=["batches"], dependencies=[Depend
 
 @contextmanager
 def _as_api_errors() -> Iterator[None]:
-    """The admin layer's errors in the seed envelope."""
+    """The admin service's refusals as API errors, in the error envelope."""
     try:
         yield
-    except admin.BatchNotFound as exc:
+    except BatchNotFound as exc:
         raise ApiError(404, "not_found", "Batch Not Found", str(exc)) from None
-    except admin.InvalidBatchState as exc:
+    except InvalidBatchState as exc:
         raise ApiError(409, "invalid_batch_state", "Invalid Batch State", str(exc)) from None
-    except admin.OpenAICallFailed as exc:
+    except NotRedeliverable as exc:
+        raise ApiError(422, "invalid_state", "Invalid Batch State", str(exc)) from None
+    except OpenAICallFailed as exc:
         raise ApiError(502, "openai_error", "OpenAI Error", str(exc)) from None
 
 
@@ -116,7 +122,7 @@ async def upload_waiting(batch_id: int, conn: ConnDep) -> dict:
 )
 async def cancel_batch(batch_id: int, conn: ConnDep, settings: SettingsDep) -> dict:
     with _as_api_errors():
-        result = await admin.cancel_batch(conn, settings, batch_id)
+        result = await cancel.cancel_batch(conn, settings, batch_id)
     if result["state"] == "cancelling":
         message = "Cancelling at OpenAI; partial results are collected and delivered when it has stopped"
     else:
@@ -148,3 +154,23 @@ async def delete_batch(batch_id: int, conn: ConnDep) -> Response:
     with _as_api_errors():
         await admin.delete_batch(conn, batch_id)
     return Response(status_code=204)
+
+
+@router.post(
+    "/{batch_id}/redeliver",
+    status_code=202,
+    response_model=BatchRedelivered,
+    responses=errors_doc(401, 404, 422),
+    summary="Deliver a batch's results again: only those whose delivery failed, or all",
+)
+async def redeliver_batch(
+    batch_id: int,
+    conn: ConnDep,
+    only: Annotated[
+        Literal["failed", "all"],
+        Query(description="failed: results in delivery_failed; all: every stored result"),
+    ] = "failed",
+) -> dict:
+    with _as_api_errors():
+        result = await admin.redeliver_batch(conn, batch_id, only)
+    return {**result, "message": f"Redelivery triggered for {result['requeued']} requests"}

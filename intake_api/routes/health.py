@@ -7,6 +7,7 @@ import asyncio
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
+from batch_pipeline.admin.health import check_postgres
 from intake_api.deps import PoolDep, SettingsDep
 from intake_api.schemas import Health, Ready
 
@@ -31,7 +32,7 @@ async def ready(pool: PoolDep) -> JSONResponse:
     try:
         async with asyncio.timeout(READY_TIMEOUT_SECONDS):
             async with pool.connection() as conn:
-                await conn.execute("SELECT 1 FROM batchman.schema_migrations LIMIT 1")
+                await check_postgres(conn)
         checks["postgres"] = "ok"
     except Exception as exc:  # any failure means not ready; the reason is reported, not raised
         checks["postgres"] = f"error: {type(exc).__name__}"

@@ -13,7 +13,7 @@ from typing import Any
 import orjson
 from fastapi import APIRouter, Request
 
-from batch_pipeline import batch_admin as admin
+from batch_pipeline.admin.openai_events import record_openai_event
 from intake_api.body import read_limited
 from intake_api.deps import PoolDep, SettingsDep
 from intake_api.errors import ApiError
@@ -70,5 +70,5 @@ async def openai_webhook(request: Request, pool: PoolDep, settings: SettingsDep)
     event_type, openai_batch_id = _parse_event(raw)
     # A pool connection only once the sender proved it knows the secret (this route has no API token).
     async with pool.connection() as conn:
-        is_new, _ = await admin.record_openai_event(conn, headers["webhook-id"], event_type, openai_batch_id)
+        is_new, _ = await record_openai_event(conn, headers["webhook-id"], event_type, openai_batch_id)
     return {"status": "ok" if is_new else "ignored"}

@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
 from typing import Annotated
 
 import msgspec
 import orjson
 from fastapi import APIRouter, Depends, Query, Request, Response
 
-from batch_pipeline.batch_admin import REQUEST_STATES
+from batch_pipeline.admin import requests as admin
+from batch_pipeline.admin.errors import NotRedeliverable, RequestNotFound
 from batch_pipeline.intake.service import TooManyItems
-from batch_pipeline.store import requests as store
+from batch_pipeline.states import REQUEST_STATES
 from intake_api.body import is_ndjson, read_limited, split_array, stream_ndjson
 from intake_api.deps import ConnDep, IntakeDep, SettingsDep, require_token
 from intake_api.errors import ApiError, ApiErrors
@@ -36,8 +38,15 @@ def _request_body_doc(schema_ref: str, ndjson: bool = False) -> dict:
     return {"requestBody": {"required": True, "content": content}}
 
 
-def _not_found(custom_id: str) -> ApiError:
-    return ApiError(404, "not_found", "Request Not Found", f"No request found with custom_id={custom_id}")
+@contextmanager
+def _as_api_errors() -> Iterator[None]:
+    """The admin service's refusals as API errors, in the error envelope."""
+    try:
+        yield
+    except RequestNotFound as exc:
+        raise ApiError(404, "not_found", "Request Not Found", str(exc)) from None
+    except NotRedeliverable as exc:
+        raise ApiError(422, "invalid_state", "Invalid Request State", str(exc)) from None
 
 
 @router.post(
@@ -116,8 +125,8 @@ async def list_requests(
     if state is not None and state not in REQUEST_STATES:
         detail = f"state must be one of {', '.join(REQUEST_STATES)}"
         raise ApiError(422, "validation_error", "Invalid value", detail, "/state")
-    flt = store.RequestFilter(state=state, batch_id=batch_id, model=model, url=url, search=q)
-    rows = await store.list_requests(conn, flt, limit + 1, before)
+    flt = admin.RequestFilter(state=state, batch_id=batch_id, model=model, url=url, search=q)
+    rows = await admin.list_requests(conn, flt, limit + 1, before)
     page = rows[:limit]
     return {"data": page, "next_cursor": page[-1]["id"] if len(rows) > limit else None}
 
@@ -130,16 +139,9 @@ async def list_requests(
     summary="Deliver a stored result again",
 )
 async def redeliver(custom_id: str, conn: ConnDep) -> dict:
-    if "\x00" in custom_id:  # cannot be stored, so cannot exist
-        raise _not_found(custom_id)
-    row = await store.redeliver_request(conn, custom_id)
-    if row is not None:
-        return {**row, "message": "Redelivery triggered"}
-    current = await store.get_request(conn, custom_id)
-    if current is None:
-        raise _not_found(custom_id)
-    reason = "it has no result yet" if current["result"] is None else f"it is in state {current['state']}"
-    raise ApiError(422, "invalid_state", "Invalid Request State", f"Request cannot be redelivered: {reason}")
+    with _as_api_errors():
+        row = await admin.redeliver_request(conn, custom_id)
+    return {**row, "message": "Redelivery triggered"}
 
 
 @router.get(
@@ -149,9 +151,5 @@ async def redeliver(custom_id: str, conn: ConnDep) -> dict:
     summary="Look up a request, its delivery attempts and its result",
 )
 async def get_request(custom_id: str, conn: ConnDep) -> dict:
-    if "\x00" in custom_id:
-        raise _not_found(custom_id)
-    row = await store.get_request(conn, custom_id)
-    if row is None:
-        raise _not_found(custom_id)
-    return row
+    with _as_api_errors():
+        return await admin.get_request(conn, custom_id)

@@ -10,7 +10,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Path, Request, Response
 
-from batch_pipeline import batch_admin as admin
+from batch_pipeline.admin import model_limits as admin
 from intake_api.deps import ConnDep, require_token
 from intake_api.errors import ApiError
 from intake_api.schemas import errors_doc

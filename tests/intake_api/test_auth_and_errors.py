@@ -1,4 +1,4 @@
-"""The optional API token, and FastAPI's own errors (unknown route, wrong method) in the seed envelope."""
+"""The optional API token, and FastAPI's own errors (unknown route, wrong method) in the error envelope."""
 
 from __future__ import annotations
 

@@ -14,7 +14,7 @@ import pytest
 
 from batch_pipeline.simulator.app import create_app as create_simulator
 from batch_pipeline.simulator.settings import SimulatorSettings
-from tests.batch_pipeline.admin.test_batch_admin import add_batch, add_requests, batch, query, transitions
+from tests.batch_pipeline.admin.helpers import add_batch, add_requests, batch, query, transitions
 from tests.conftest import ServerThread
 from tests.intake_api.conftest import assert_error, serve, valid_request
 

@@ -16,7 +16,7 @@ import httpx
 import pytest
 from standardwebhooks import Webhook
 
-from tests.batch_pipeline.admin.test_batch_admin import add_batch, query
+from tests.batch_pipeline.admin.helpers import add_batch, query
 from tests.intake_api.conftest import assert_error, serve
 
 SECRET = "whsec_" + base64.b64encode(b"0123456789abcdef0123456789abcdef").decode()

@@ -343,7 +343,7 @@ def test_duplicate_custom_id_answers_409_and_keeps_the_first(client: httpx.Clien
 
 
 # ---------------------------------------------------------------------------------------------------
-# Validation failures: 422 with the seed's envelope at the offending field, nothing stored
+# Validation failures: 422 with the error envelope pointing at the offending field, nothing stored
 
 
 def _bad(name: str, **top: Any) -> dict[str, Any]:

@@ -77,6 +77,11 @@ class Driver:
     def __init__(self, defs: dg.Definitions, instance: dg.DagsterInstance, db_url: str, sim: Sim) -> None:
         self.defs, self.instance, self.db_url, self.sim = defs, instance, db_url, sim
         self.runs: list[dg.ExecuteInProcessResult] = []
+        # A failed run fails the test unless the test says it expects some (and then checks them).
+        self.allow_failed_runs = False
+
+    def failed_runs(self) -> list[dg.ExecuteInProcessResult]:
+        return [r for r in self.runs if not r.success]
 
     def tick(self, sensor_name: str) -> list[dg.RunRequest]:
         sensor = self.defs.get_sensor_def(sensor_name)
@@ -103,6 +108,13 @@ class Driver:
             raise_on_error=False,
         )
         self.runs.append(result)
+        if not result.success and not self.allow_failed_runs:
+            failures = [
+                str(e.event_specific_data.error.message if e.event_specific_data.error else e.message)
+                for e in result.all_events
+                if e.is_step_failure or e.is_run_failure
+            ]
+            raise AssertionError(f"{job.name} run for batch {request.partition_key} failed: {failures}")
         return result
 
     def step(self, sensor_name: str, seen: set[str]) -> int:

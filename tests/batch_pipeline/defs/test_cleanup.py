@@ -18,8 +18,7 @@ from batch_pipeline.db import connect
 from batch_pipeline.defs.cleanup import remove_orphan_partitions
 from batch_pipeline.defs.definitions import build_definitions
 from batch_pipeline.stages.cleanup import delete_expired
-from batch_pipeline.states import FILES_NOT_NEEDED
-from batch_pipeline.states import FINISHED
+from batch_pipeline.states import FILES_NOT_NEEDED, FINISHED
 
 # Never deleted, whatever their age: OpenAI or the deliverer may still act on them.
 IN_FLIGHT = (

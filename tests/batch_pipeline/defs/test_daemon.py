@@ -21,7 +21,7 @@ from batch_pipeline.intake.validation import Limits, validate_request
 from batch_pipeline.simulator.app import create_app as create_simulator
 from batch_pipeline.simulator.settings import SimulatorSettings
 from batch_pipeline.simulator.testing import ThreadedServer
-from batch_pipeline.store.requests import COPY_COLUMNS, copy_row
+from batch_pipeline.store.request_inserts import COPY_COLUMNS, copy_row
 
 ROOT = Path(__file__).resolve().parents[3]
 DONE = ("ready_to_deliver", "delivering", "delivered", "partially_delivered", "delivery_failed")

@@ -89,13 +89,19 @@ def test_cancel_delivers_partial_results_and_cancellation_errors(driver, sim, ad
     add_requests("/v1/responses", "gpt-4o-mini", 4)
     driver.drive(rounds=1, stages=("batching_sensor",), advance=False)
     openai_id = driver.query("SELECT openai_batch_id FROM batchman.batches")[0]["openai_batch_id"]
+    sim.advance(6)  # validating (1 s) then half of in_progress (10 s): two of the four lines ran
     sim.client.batches.cancel(openai_id)
     driver.drive(stages=STAGES)
     batch = driver.query("SELECT * FROM batchman.batches")[0]
     assert batch["openai_status"] == "cancelled" and batch["state"] == "ready_to_deliver"
-    rows = driver.query("SELECT result, error_msg FROM batchman.requests")
+    rows = driver.query("SELECT result, error_msg FROM batchman.requests ORDER BY id")
     assert len(rows) == 4 and all(r["result"] is not None for r in rows)
-    assert all("batch_cancelled" in r["error_msg"] for r in rows if r["error_msg"])
+    ran = [r for r in rows if r["error_msg"] is None]
+    cancelled = [r for r in rows if r["error_msg"] is not None]
+    assert ran and cancelled, rows  # both kinds, so each assertion below checks something
+    assert all(r["result"]["response"]["status_code"] == 200 and r["result"]["error"] is None for r in ran)
+    assert all(r["result"]["error"]["code"] == "batch_cancelled" for r in cancelled)
+    assert all(r["error_msg"].startswith("batch_cancelled: ") for r in cancelled)
     assert sim.stats()["batches_created"] == 1  # cancelled work is not resubmitted
 
 

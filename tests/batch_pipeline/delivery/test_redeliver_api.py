@@ -9,17 +9,13 @@ import psycopg
 import pytest
 
 from intake_api.main import create_app
-from intake_api.routes import batches_redeliver
 from tests.batch_pipeline.delivery.conftest import batch_state, requests_of, seed_batch, webhook
 from tests.conftest import ServerThread, make_settings
 from tests.intake_api.conftest import assert_error, valid_request
 
 
 def serve(settings, db_url: str) -> ServerThread:
-    app = create_app(settings, database_url=db_url)
-    if not any(getattr(r, "path", "").startswith("/api/batches/{batch_id}/redeliver") for r in app.routes):
-        app.include_router(batches_redeliver.router)  # until the lead wires it into create_app
-    return ServerThread(app)
+    return ServerThread(create_app(settings, database_url=db_url))
 
 
 @pytest.fixture

@@ -12,8 +12,8 @@ import psycopg
 import pytest
 
 from batch_pipeline.runtime.embedded_postgres import EmbeddedPostgres, postmasters_of
-from batch_pipeline.store.migrate import migrate
 from batch_pipeline.runtime.supervisor import STOP_SIGNALS, StopRequested, raise_on_stop_signals
+from batch_pipeline.store.migrate import migrate
 
 
 def test_data_survives_restart(tmp_path: Path) -> None:

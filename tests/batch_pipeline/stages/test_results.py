@@ -11,7 +11,7 @@ import pytest
 from batch_pipeline.db import connect
 from batch_pipeline.intake.validation import Limits, validate_request
 from batch_pipeline.stages.results import _store, classify
-from batch_pipeline.store.requests import COPY_REQUESTS, copy_row
+from batch_pipeline.store.request_inserts import COPY_REQUESTS, copy_row
 
 
 def line(custom_id: str, status: int = 200, error: dict | None = None, content: str = "ok") -> dict:

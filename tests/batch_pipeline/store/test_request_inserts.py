@@ -9,7 +9,7 @@ import pytest
 from msgspec.structs import astuple
 
 from batch_pipeline.store.records import NewRequest
-from batch_pipeline.store.requests import COPY_REQUESTS, BulkWriter, copy_line, copy_row
+from batch_pipeline.store.request_inserts import COPY_REQUESTS, BulkWriter, copy_line, copy_row
 
 STORED = (
     "SELECT custom_id, endpoint, model, payload, payload_bytes, estimated_tokens, delivery_config,"
