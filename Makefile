@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: up test install lint format bench clean
+.PHONY: up test test-fast install lint format bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -19,6 +19,10 @@ up: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest
+
+# The inner loop: everything but the tests that start real service processes.
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -m "not process"
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

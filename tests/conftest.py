@@ -5,6 +5,7 @@ test cloned from a migrated template, a real uvicorn server for the API, and Rab
 from __future__ import annotations
 
 import os
+import random
 import socket
 import threading
 import time
@@ -75,10 +76,35 @@ def empty_db_url(pg_server_url: str) -> Iterator[str]:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+# Ports for servers a test starts in another process (which binds them later) come from below the
+# kernel's ephemeral range: the kernel never hands those to another socket meanwhile, so the port is
+# still free when the child binds it. Each is handed out once per session. (Servers in this process
+# bind first and publish the port after: ``ServerThread``.)
+_PORT_RANGE = (20000, min(32000, _ephemeral_low()))
+_handed_out: set[int] = set()
+_ports = random.Random(os.getpid())
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    for _ in range(1000):
+        port = _ports.randrange(*_PORT_RANGE)
+        if port in _handed_out:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _handed_out.add(port)
+        return port
+    raise RuntimeError(f"no free port in {_PORT_RANGE}")
 
 
 class ServerThread:

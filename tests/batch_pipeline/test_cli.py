@@ -7,7 +7,6 @@ from __future__ import annotations
 import argparse
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -28,14 +27,12 @@ from batch_pipeline.runtime.supervisor import (
     raise_on_stop_signals,
     stop_signals_deferred,
 )
+from tests.conftest import free_port
+
+# Real processes: left out of `make test-fast`.
+pytestmark = pytest.mark.process
 
 BATCHMAN = Path(sys.executable).with_name("batchman")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _wait_for(url: str, proc: subprocess.Popen, log: Path, timeout: float = 120) -> httpx.Response:

@@ -469,9 +469,6 @@ def test_nul_in_a_custom_id_path_is_not_found_not_a_500(shared_client: httpx.Cli
 
 @pytest.mark.parametrize("param", ["q", "state", "model", "url"])
 def test_nul_in_a_list_filter_is_not_a_500(shared_client: httpx.Client, param: str) -> None:
+    """Postgres text cannot hold U+0000: the filter is refused with a 422 naming it, never a 500."""
     resp = shared_client.get("/api/requests", params={param: "a\x00b"})
-    assert resp.status_code in (200, 422), resp.text
-    if resp.status_code == 200:
-        assert resp.json() == {"data": [], "next_cursor": None}
-    else:
-        assert_error(resp, 422, "validation_error", f"/{param}")
+    assert_error(resp, 422, "validation_error", f"/{param}")

@@ -23,6 +23,9 @@ from batch_pipeline.simulator.settings import SimulatorSettings
 from batch_pipeline.simulator.testing import ThreadedServer
 from batch_pipeline.store.request_inserts import COPY_COLUMNS, copy_row
 
+# Real processes: left out of `make test-fast`.
+pytestmark = pytest.mark.process
+
 ROOT = Path(__file__).resolve().parents[3]
 DONE = ("ready_to_deliver", "delivering", "delivered", "partially_delivered", "delivery_failed")
 

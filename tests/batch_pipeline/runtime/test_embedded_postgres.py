@@ -15,6 +15,9 @@ from batch_pipeline.runtime.embedded_postgres import EmbeddedPostgres, postmaste
 from batch_pipeline.runtime.supervisor import STOP_SIGNALS, StopRequested, raise_on_stop_signals
 from batch_pipeline.store.migrate import migrate
 
+# Real processes: left out of `make test-fast`.
+pytestmark = pytest.mark.process
+
 
 def test_data_survives_restart(tmp_path: Path) -> None:
     with EmbeddedPostgres(tmp_path) as pg:

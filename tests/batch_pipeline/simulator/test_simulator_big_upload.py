@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -18,12 +17,18 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.conftest import free_port
+
 # 199,950,000 bytes, just under the 200,000,000-byte limit; few long lines keep the test quick.
 LINES, LINE_BYTES = 10_000, 19_995
 HEADROOM_KB = 150 * 1024
 AUTH = {"Authorization": "Bearer sk-test"}
 
-pytestmark = pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="needs Linux /proc for VmHWM")
+# A real simulator process (left out of `make test-fast`), measured through Linux /proc.
+pytestmark = [
+    pytest.mark.process,
+    pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="needs Linux /proc for VmHWM"),
+]
 
 
 def _write_input(path: Path) -> int:
@@ -44,15 +49,9 @@ def _peak_rss_kb(pid: int) -> int:
     raise AssertionError("VmHWM missing from /proc status")
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture
 def simulator_process(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], str, Path]]:
-    port = _free_port()
+    port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("SIMULATOR_")}
     env.update(
         SIMULATOR_DATA_DIR=str(tmp_path / "data"), SIMULATOR_LOG_LEVEL="warning", SIMULATOR_FREEZE_CLOCK="1"
