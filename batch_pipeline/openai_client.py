@@ -3,6 +3,10 @@
 Every remote object we create is findable again after a crash: input files by their file name
 (``batchman-batch-<id>.jsonl``), batches by our id in ``metadata``. So a re-run adopts what exists
 instead of creating (and paying for) it twice.
+
+The two calls that create something (``files.create``, ``batches.create``) go out once: the SDK would
+retry them after a timeout or a dropped connection with no idempotency key, creating a second file or
+a second (paid) batch nobody records. Their failures reach the caller, whose retry looks first.
 """
 
 from __future__ import annotations
@@ -25,9 +29,16 @@ RECONCILE_PAGES = 10
 # The simulator accepts any bearer token; this one is sent when no OPENAI_API_KEY is configured.
 SIM_KEY_PLACEHOLDER = "sk-simulator"
 # The pipeline's calls: uploads of up to 200 MB take a while. The SDK retries connection errors, 408,
-# 409, 429 and 5xx with backoff before we see them.
+# 409, 429 and 5xx with backoff before we see them, except for the calls that create something (see
+# ``_once``).
 PIPELINE_TIMEOUT_SECONDS = 120.0
 PIPELINE_MAX_RETRIES = 3
+
+
+def _once(client: openai.OpenAI) -> openai.OpenAI:
+    """The client without SDK retries, for a call that must not be repeated blindly (it shares the
+    connection pool; only the retry count differs)."""
+    return client.with_options(max_retries=0)
 
 
 def client_options(
@@ -81,7 +92,9 @@ def find_input_file(client: openai.OpenAI, batch_id: int) -> FileObject | None:
 def upload_input_file(client: openai.OpenAI, batch_id: int, path: Path) -> FileObject:
     """Upload the batch's JSONL, streamed from disk (the SDK passes an open file to httpx as is)."""
     with path.open("rb") as fh:
-        return client.files.create(file=(input_file_name(batch_id), fh, "application/jsonl"), purpose="batch")
+        return _once(client).files.create(
+            file=(input_file_name(batch_id), fh, "application/jsonl"), purpose="batch"
+        )
 
 
 # A batch of ours that OpenAI ended this way is from an earlier attempt (e.g. before a token-limit
@@ -89,21 +102,29 @@ def upload_input_file(client: openai.OpenAI, batch_id: int, path: Path) -> FileO
 NOT_ADOPTABLE = frozenset({"failed", "expired", "cancelling", "cancelled"})
 
 
-def find_batch(client: openai.OpenAI, batch_id: int) -> Batch | None:
-    """An OpenAI batch created for our batch before a crash (matched by metadata), if any."""
+def find_batches(client: openai.OpenAI, batch_id: int) -> list[Batch]:
+    """Every live OpenAI batch created for our batch (matched by metadata), oldest first. More than one
+    means a create call was repeated (e.g. by an SDK retry after a lost answer)."""
+    found: list[Batch] = []
     page = client.batches.list(limit=100)
     for _ in range(RECONCILE_PAGES):
         for b in page.data:
             if (b.metadata or {}).get(METADATA_KEY) == str(batch_id) and b.status not in NOT_ADOPTABLE:
-                return b
+                found.append(b)
         if not page.has_next_page():
             break
         page = page.get_next_page()
-    return None
+    return sorted(reversed(found), key=lambda b: b.created_at)  # listed newest first; stable sort
+
+
+def find_batch(client: openai.OpenAI, batch_id: int) -> Batch | None:
+    """An OpenAI batch created for our batch before a crash (the oldest, if several), if any."""
+    found = find_batches(client, batch_id)
+    return found[0] if found else None
 
 
 def create_batch(client: openai.OpenAI, batch_id: int, input_file_id: str, endpoint: str) -> Batch:
-    return client.batches.create(
+    return _once(client).batches.create(
         input_file_id=input_file_id,
         endpoint=endpoint,  # type: ignore[arg-type]
         completion_window="24h",

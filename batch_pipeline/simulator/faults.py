@@ -37,7 +37,8 @@ class HttpFault(StrEnum):
     RATE_LIMIT = "429"
     SERVER_ERROR = "500"
     UNAVAILABLE = "503"
-    DROP = "drop"
+    DROP = "drop"  # hang up before the route runs: nothing happened
+    DROP_AFTER = "drop_after"  # the route runs to completion, then hang up: it happened, unheard
     SLOW = "slow"
 
 

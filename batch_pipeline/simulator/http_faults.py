@@ -1,15 +1,20 @@
-"""HTTP-level fault injection for every ``/v1`` route: 429 with Retry-After, 500, 503, slow answers and
-dropped connections. The control surface under ``/_sim`` is never touched.
+"""HTTP-level fault injection for every ``/v1`` route: 429 with Retry-After, 500, 503, slow answers,
+connections dropped before the route runs (``drop``: nothing happened) and answers lost after it ran
+(``drop_after``: the file or batch exists, the client never heard). The control surface under ``/_sim``
+is never touched.
 
 Faults come from the ``SIMULATOR_*_RATE`` knobs (one seeded draw per request, so a given request sequence
-always meets the same faults) or are forced per request with the ``x-sim-http-fault`` header.
+always meets the same faults), from the ``drop_response_next`` countdown per operation (set at runtime with
+``PUT /_sim/faults``), or are forced per request with the ``x-sim-http-fault`` header.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import random
+import re
 import threading
 from typing import Any
 
@@ -19,6 +24,8 @@ from .errors import error_body
 from .faults import HTTP_FAULT_HEADER, HttpFault
 from .ids import new_request_id
 from .store import Store
+
+logger = logging.getLogger(__name__)
 
 _ERRORS = {
     HttpFault.RATE_LIMIT: (
@@ -48,8 +55,13 @@ class FaultDice:
         with self._lock:
             self._rng = random.Random(f"{self.store.settings.seed}:http")
 
-    def roll(self, forced: str | None) -> tuple[HttpFault | None, bool]:
-        """(error-or-drop fault, slow?) for one request; a forced header value overrides the dice."""
+    def roll(self, forced: str | None, operation: str | None = None) -> tuple[HttpFault | None, bool]:
+        """(error-or-drop fault, slow?) for one request.
+
+        A forced header value overrides everything; else a pending ``drop_response_next`` count for the
+        request's operation is used up; else the dice decide. The dice are drawn every time, so the
+        faults later requests meet do not depend on which of these applied.
+        """
         with self._lock:
             draw, slow_draw = self._rng.random(), self._rng.random()
         if forced is not None:
@@ -57,7 +69,13 @@ class FaultDice:
             slow = HttpFault.SLOW in kinds
             chosen = next((HttpFault(k) for k in kinds if k in set(HttpFault) and k != HttpFault.SLOW), None)
             return chosen, slow
-        f = self.store.faults
+        store = self.store
+        with store.lock:
+            f = store.faults
+            slow = slow_draw < f.slow_rate
+            if operation is not None and f.drop_response_next.get(operation, 0) > 0:
+                f.drop_response_next[operation] -= 1
+                return HttpFault.DROP_AFTER, slow
         chosen = None
         for kind, rate in (
             (HttpFault.DROP, f.drop_rate),
@@ -69,7 +87,7 @@ class FaultDice:
                 chosen = kind
                 break
             draw -= rate
-        return chosen, slow_draw < f.slow_rate
+        return chosen, slow
 
 
 class FaultMiddleware:
@@ -82,7 +100,7 @@ class FaultMiddleware:
             await self.app(scope, receive, send)
             return
         forced = _header(scope, HTTP_FAULT_HEADER)
-        fault, slow = self.dice.roll(forced)
+        fault, slow = self.dice.roll(forced, operation(scope["method"], scope["path"]))
         store = self.dice.store
         with store.lock:
             store.stats.http_requests += 1
@@ -96,11 +114,21 @@ class FaultMiddleware:
                 message["headers"] = [*message.get("headers", []), (b"x-request-id", request_id)]
             await send(message)
 
-        if slow:
-            await asyncio.sleep(store.faults.slow_seconds)
+        delay = store.faults.slow_seconds if slow else 0.0
+        if fault == HttpFault.DROP_AFTER:
+            await _run_unheard(self.app, scope, receive)
+            await _pause(receive, delay)
+            await _drop(receive, send)
+            return
+        if fault is None:
+            # A slow answer: the route runs now and its answer is held back, so a client that gives up
+            # waiting may find the work done, as with a real slow server.
+            await self.app(scope, receive, _delayed(send_with_request_id, receive, delay))
+            return
+        await _pause(receive, delay)
         if fault == HttpFault.DROP:
             await _drop(receive, send)
-        elif fault is not None:
+        else:
             status, body = _ERRORS[fault]
             headers = (
                 {"retry-after": str(store.faults.retry_after_seconds)}
@@ -108,8 +136,64 @@ class FaultMiddleware:
                 else {}
             )
             await _json(send_with_request_id, status, body, headers)
-        else:
-            await self.app(scope, receive, send_with_request_id)
+
+
+# (method, path pattern) of the calls ``drop_response_next`` counts, by the SDK's name for them.
+_OPERATIONS = (
+    ("POST", re.compile(r"/v1/files/?"), "files.create"),
+    ("POST", re.compile(r"/v1/batches/?"), "batches.create"),
+    ("POST", re.compile(r"/v1/batches/[^/]+/cancel/?"), "batches.cancel"),
+)
+
+
+def operation(method: str, path: str) -> str | None:
+    """The operation name of a request (``files.create``, ``batches.create``, ``batches.cancel``)."""
+    for wanted, pattern, name in _OPERATIONS:
+        if method == wanted and pattern.fullmatch(path):
+            return name
+    return None
+
+
+async def _run_unheard(app: ASGIApp, scope: Scope, receive: Receive) -> None:
+    """Run the route to completion, throwing its answer away (the caller then hangs up)."""
+
+    async def discard(message: Message) -> None:
+        return None
+
+    try:
+        await app(scope, receive, discard)
+    except Exception:  # the client hears nothing either way
+        logger.exception("route failed under a drop_after fault")
+
+
+def _delayed(send: Send, receive: Receive, seconds: float) -> Send:
+    """``send`` that holds the response back ``seconds`` (or until the client hangs up) before its start."""
+    if seconds <= 0:
+        return send
+
+    async def send_later(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            await _pause(receive, seconds)
+        await send(message)
+
+    return send_later
+
+
+async def _pause(receive: Receive, seconds: float) -> None:
+    """Sleep ``seconds``, ending early when the client hangs up (nobody is waiting any more)."""
+    if seconds <= 0:
+        return
+    cycle = getattr(receive, "__self__", None)
+    if not hasattr(cycle, "disconnected"):  # not uvicorn: no way to notice, just wait
+        await asyncio.sleep(seconds)
+        return
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + seconds
+    while not cycle.disconnected:  # type: ignore[union-attr]
+        remaining = deadline - loop.time()
+        if remaining <= 0:
+            return
+        await asyncio.sleep(min(0.01, remaining))
 
 
 def _header(scope: Scope, name: str) -> str | None:

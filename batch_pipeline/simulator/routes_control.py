@@ -71,7 +71,8 @@ async def reset(sim: SimDep) -> dict[str, Any]:
 
 @router.get("/faults")
 def get_faults(sim: SimDep) -> dict[str, Any]:
-    return sim.store.faults.model_dump()
+    with sim.store.lock:
+        return sim.store.faults.model_dump()
 
 
 @router.put("/faults")
@@ -79,10 +80,10 @@ async def put_faults(request: Request, sim: SimDep) -> dict[str, Any]:
     payload = await json_body(request)
     if not isinstance(payload, dict):
         raise bad_request("Body must be a JSON object of fault settings.")
-    try:
-        updated = load_fault_config(sim.store.faults, payload)
-    except SimulatorConfigError as exc:
-        raise bad_request(str(exc)) from None
-    with sim.store.lock:
+    with sim.store.lock:  # a countdown used meanwhile (drop_response_next) is not undone by this update
+        try:
+            updated = load_fault_config(sim.store.faults, payload)
+        except SimulatorConfigError as exc:
+            raise bad_request(str(exc), param=exc.fields[0] if exc.fields else None) from None
         sim.store.faults = updated
-    return updated.model_dump()
+        return updated.model_dump()

@@ -1,7 +1,8 @@
 """Simulator configuration: every knob is an environment variable with the ``SIMULATOR_`` prefix.
 
 The fault knobs live in :class:`FaultConfig` so the control surface (``PUT /_sim/faults``) can change them at
-runtime with the same validation; :class:`SimulatorSettings` adds the static knobs on top.
+runtime with the same validation; :class:`SimulatorSettings` adds the static knobs on top, and
+:class:`RuntimeFaults` the settings only the control surface sets (no variable).
 """
 
 from __future__ import annotations
@@ -19,15 +20,21 @@ Rate = Annotated[float, Field(ge=0.0, le=1.0)]
 
 
 class SimulatorConfigError(RuntimeError):
-    """A ``SIMULATOR_*`` variable holds a value we cannot run with; the message names the variable."""
+    """A ``SIMULATOR_*`` variable holds a value we cannot run with; the message names the variable.
+
+    ``fields`` names the settings at fault (``PUT /_sim/faults`` reports the first as ``param``)."""
+
+    def __init__(self, message: str, fields: tuple[str, ...] = ()) -> None:
+        super().__init__(message)
+        self.fields = fields
 
 
 def env_name(field: str) -> str:
     return f"{ENV_PREFIX}{field.upper()}"
 
 
-def parse_token_limits(value: Any) -> Any:
-    """Accept a JSON object (``{"gpt-4o-mini": 2000000}``) or ``model=limit,…`` pairs; empty is none."""
+def parse_pairs(value: Any, pair: str = "model=limit") -> Any:
+    """Accept a JSON object (``{"gpt-4o-mini": 2000000}``) or ``key=value,…`` pairs; empty is none."""
     if not isinstance(value, str):
         return value
     text = value.strip()
@@ -35,13 +42,39 @@ def parse_token_limits(value: Any) -> Any:
         return {}
     if text.startswith("{"):
         return json.loads(text)
-    limits: dict[str, str] = {}
+    pairs: dict[str, str] = {}
     for item in text.split(","):
-        model, sep, limit = item.partition("=")
-        if not sep or not model.strip():
-            raise ValueError(f"expected a JSON object or model=limit pairs, got {item.strip()!r}")
-        limits[model.strip()] = limit.strip()
-    return limits
+        key, sep, number = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"expected a JSON object or {pair} pairs, got {item.strip()!r}")
+        pairs[key.strip()] = number.strip()
+    return pairs
+
+
+def parse_token_limits(value: Any) -> Any:
+    return parse_pairs(value, "model=limit")
+
+
+# The calls whose answer ``drop_response_next`` can lose after they ran: the ones that create or
+# change something, so a client that never hears back has to find out what happened.
+DROP_RESPONSE_OPERATIONS = ("files.create", "batches.create", "batches.cancel")
+
+
+def parse_drop_response_next(value: Any) -> dict[str, int]:
+    """``{"batches.create": 1}`` (or ``batches.create=1``): every known operation, unnamed ones 0."""
+    value = parse_pairs(value, "operation=count")
+    if not isinstance(value, dict):
+        raise ValueError('expected an object of operation counts, e.g. {"batches.create": 1}')
+    counts = dict.fromkeys(DROP_RESPONSE_OPERATIONS, 0)
+    for key, count in value.items():
+        if key not in counts:
+            raise ValueError(f"unknown operation {key!r}; known: {', '.join(DROP_RESPONSE_OPERATIONS)}")
+        if isinstance(count, str) and count.strip().isdigit():
+            count = int(count)
+        if isinstance(count, bool) or not isinstance(count, int) or count < 0:
+            raise ValueError(f"{key!r} must be a non-negative integer, got {count!r}")
+        counts[key] = count
+    return counts
 
 
 class FaultConfig(BaseModel):
@@ -53,7 +86,10 @@ class FaultConfig(BaseModel):
     http_500_rate: Rate = Field(0.0, description="Share of /v1 requests answered 500.")
     http_503_rate: Rate = Field(0.0, description="Share of /v1 requests answered 503.")
     drop_rate: Rate = Field(0.0, description="Share of /v1 requests whose connection is closed unanswered.")
-    slow_rate: Rate = Field(0.0, description="Share of /v1 requests delayed by slow_seconds first.")
+    slow_rate: Rate = Field(
+        0.0,
+        description="Share of /v1 requests whose answer is held back slow_seconds (the route runs first).",
+    )
     slow_seconds: float = Field(2.0, ge=0.0, le=600.0, description="Delay of a slow response.")
     retry_after_seconds: int = Field(1, ge=0, le=3600, description="Retry-After header value on 429.")
     line_server_error_rate: Rate = Field(0.0, description="Share of batch lines that fail with HTTP 500.")
@@ -96,6 +132,22 @@ class FaultConfig(BaseModel):
         return self
 
 
+class RuntimeFaults(FaultConfig):
+    """The fault settings the running simulator holds: the environment's, plus countdowns that only
+    ``PUT /_sim/faults`` sets (a test arms them for the calls it is about to make)."""
+
+    drop_response_next: dict[str, int] = Field(
+        default_factory=lambda: dict.fromkeys(DROP_RESPONSE_OPERATIONS, 0),
+        description="Per operation (files.create, batches.create, batches.cancel): the next N such calls "
+        "run, then their answer is lost (the connection is closed). Counts down as used.",
+    )
+
+    @field_validator("drop_response_next", mode="before")
+    @classmethod
+    def _drop_response_next(cls, value: Any) -> dict[str, int]:
+        return parse_drop_response_next(value)
+
+
 class SimulatorSettings(BaseSettings, FaultConfig):
     """All simulator knobs; read from ``SIMULATOR_*`` environment variables (and ``.env``)."""
 
@@ -135,16 +187,24 @@ class SimulatorSettings(BaseSettings, FaultConfig):
         # Path("") would be the current directory; an empty SIMULATOR_DATA_DIR= line means "not set".
         return None if isinstance(value, str) and not value.strip() else value
 
-    def fault_config(self) -> FaultConfig:
-        return FaultConfig(**self.model_dump(include=set(FaultConfig.model_fields)))
+    def fault_config(self) -> RuntimeFaults:
+        """The fault settings a fresh (or reset) simulator starts with."""
+        return RuntimeFaults(**self.model_dump(include=set(FaultConfig.model_fields)))
 
 
-def _describe(exc: ValidationError) -> str:
+def _describe(exc: ValidationError, runtime: bool = False) -> str:
+    """One line per problem, naming the variable (and, for a runtime change, the field as sent)."""
     lines = []
     for err in exc.errors():
         loc = err.get("loc") or ()
         if loc:
-            lines.append(f"{env_name(str(loc[0]))}: {err['msg']} (got {err.get('input')!r})")
+            name = env_name(str(loc[0]))
+            if runtime:  # the field as sent, and its variable if it has one
+                path = "".join(f"[{part!r}]" for part in loc[1:])
+                runtime_only = loc[0] in RuntimeFaults.model_fields and loc[0] not in FaultConfig.model_fields
+                name = f"{loc[0]}{path}" + ("" if runtime_only else f" ({name})")
+            message = str(err["msg"]).removeprefix("Value error, ")
+            lines.append(f"{name}: {message} (got {err.get('input')!r})")
         else:
             # Cross-field checks already name their variables in the message.
             lines.append(str(err["msg"]).removeprefix("Value error, "))
@@ -162,9 +222,10 @@ def load_settings(**overrides: Any) -> SimulatorSettings:
         raise SimulatorConfigError(f"invalid simulator configuration: {exc}") from None
 
 
-def load_fault_config(current: FaultConfig, changes: dict[str, Any]) -> FaultConfig:
+def load_fault_config(current: RuntimeFaults, changes: dict[str, Any]) -> RuntimeFaults:
     """Apply a partial update; the error message names the environment variable behind each field."""
     try:
-        return FaultConfig(**{**current.model_dump(), **changes})
+        return RuntimeFaults(**{**current.model_dump(), **changes})
     except ValidationError as exc:
-        raise SimulatorConfigError(_describe(exc)) from None
+        fields = tuple(str(err["loc"][0]) for err in exc.errors() if err.get("loc"))
+        raise SimulatorConfigError(_describe(exc, runtime=True), fields) from None

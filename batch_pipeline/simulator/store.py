@@ -22,7 +22,7 @@ from .errors import not_found
 from .ids import new_file_id
 from .jsonl import FileSummary
 from .records import BatchRecord, FileRecord
-from .settings import FaultConfig, SimulatorSettings
+from .settings import RuntimeFaults, SimulatorSettings
 from .stats import Stats
 
 logger = logging.getLogger(__name__)
@@ -34,7 +34,7 @@ class Store:
         self.settings = settings
         self.lock = threading.RLock()
         self.clock = SimClock(frozen=settings.freeze_clock)
-        self.faults: FaultConfig = settings.fault_config()
+        self.faults: RuntimeFaults = settings.fault_config()
         self.temporary = settings.data_dir is None
         self.data_dir: Path = (
             Path(tempfile.mkdtemp(prefix="batchman-sim-")) if settings.data_dir is None else settings.data_dir

@@ -10,13 +10,18 @@ Classification of one line (``{id, custom_id, response, error}``):
 Lines are streamed from disk into a staging table with COPY and applied with set-based UPDATEs, all
 in one transaction together with the batch's state change, so a crash leaves nothing half-applied
 and re-running a finished results run changes nothing.
+
+Every request of the batch leaves with an outcome: a line that cannot be read (a file cut short) and a
+result file OpenAI no longer has (404) count as "no line returned", so those requests go again (or, their
+resubmissions spent, get a ``resubmit_limit_reached`` error line). Several lines for one ``custom_id``
+store one (a success first); lines for ids not in the batch are ignored.
 """
 
 from __future__ import annotations
 
 import logging
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -83,13 +88,22 @@ def _jsonb_safe(text: str) -> str:
     return text.replace("\\u0000", "\\ufffd") if "\\u0000" in text else text
 
 
-def _download(client: openai.OpenAI, batch: dict, workdir: Path) -> list[Path]:
-    """Both result files on local disk, before any database transaction is opened."""
-    return [
-        oai.download_file(client, file_id, workdir / f"{file_id}.jsonl")
-        for file_id in (batch["openai_output_file_id"], batch["openai_error_file_id"])
-        if file_id
-    ]
+def _download(client: openai.OpenAI, batch: dict, workdir: Path) -> tuple[list[Path], list[str]]:
+    """Both result files on local disk, before any database transaction is opened; and the ids of
+    those OpenAI no longer has (their lines are lost: the requests count as unanswered). Any other
+    failure raises, with nothing stored yet."""
+    paths, missing = [], []
+    for file_id in (batch["openai_output_file_id"], batch["openai_error_file_id"]):
+        if not file_id:
+            continue
+        try:
+            paths.append(oai.download_file(client, file_id, workdir / f"{file_id}.jsonl"))
+        except openai.NotFoundError:
+            log.warning(
+                "batch %s: result file %s is gone at OpenAI; its requests go again", batch["id"], file_id
+            )
+            missing.append(file_id)
+    return paths, missing
 
 
 def _staged_from_files(paths: list[Path], batch: dict) -> Iterator[store.StagedLine]:
@@ -136,12 +150,17 @@ def ingest_results(
         return {"outcome": "skipped", "state": batch and batch["state"]}
 
     with tempfile.TemporaryDirectory(prefix="batchman-results-") as tmp:
-        paths = [] if batch["openai_status"] == "failed" else _download(client, batch, Path(tmp))
-        return _store(connect, batch, paths, max_resubmits)
+        paths, missing = (
+            ([], []) if batch["openai_status"] == "failed" else _download(client, batch, Path(tmp))
+        )
+        return _store(connect, batch, paths, max_resubmits, missing)
 
 
-def _store(connect: Connect, batch: dict, paths: list[Path], max_resubmits: int) -> dict[str, Any]:
+def _store(
+    connect: Connect, batch: dict, paths: list[Path], max_resubmits: int, missing: Sequence[str] = ()
+) -> dict[str, Any]:
     batch_id = batch["id"]
+    gone = f" (result files gone at OpenAI: {', '.join(missing)})" if missing else ""
     with connect() as conn:
         if batch["openai_status"] == "failed":
             # Materialised first: the connection cannot run queries while the COPY below is open.
@@ -149,6 +168,10 @@ def _store(connect: Connect, batch: dict, paths: list[Path], max_resubmits: int)
         else:
             rows = _staged_from_files(paths, batch)
         store.stage(conn, rows)
+        if store.dedupe_staged(conn):
+            log.warning(
+                "batch %s: OpenAI returned several lines for some requests; one each is kept", batch_id
+            )
         resubmitted, processed = store.apply_staged(conn, batch_id, max_resubmits)
         # Requests OpenAI returned no line for: go again unless the batch was cancelled by us.
         leftover_kind = "failed" if batch["openai_status"] == "cancelled" and not _expired(batch) else "retry"
@@ -163,7 +186,7 @@ def _store(connect: Connect, batch: dict, paths: list[Path], max_resubmits: int)
                 batch_id,
                 ("downloading",),
                 "ready_to_deliver",
-                f"{processed} results stored",
+                f"{processed} results stored{gone}",
                 resubmitted_count=resubmitted,
             )
         else:
@@ -172,7 +195,7 @@ def _store(connect: Connect, batch: dict, paths: list[Path], max_resubmits: int)
                 batch_id,
                 ("downloading",),
                 "resubmitted",
-                f"all {resubmitted} requests resubmitted",
+                f"all {resubmitted} requests resubmitted{gone}",
                 resubmitted_count=resubmitted,
                 completed_at=sql.SQL("now()"),
             )

@@ -5,6 +5,12 @@ after a crash at any point adopts what exists at OpenAI instead of creating it a
 - the input file is found by its name (``batchman-batch-<id>.jsonl``) when no id was stored;
 - ``openai_status = 'creating'`` marks a create call in flight; a re-run then looks the batch up by
   our id in its ``metadata`` before creating one. No batch is ever paid for twice.
+
+The upload and create calls go out once (no SDK retries, see ``openai_client``): when their answer is
+lost, the error reaches the op, whose retry finds what the call did by the lookups above. Should more
+than one OpenAI batch carry our id (a create repeated by an older build), one is kept and recorded and
+the others are cancelled. One run works on a batch at a time (a per-batch lock), so two overlapping
+runs never upload the same JSONL twice.
 """
 
 from __future__ import annotations
@@ -97,8 +103,25 @@ def submit_batch(
     """Move one batch from ``ready`` to ``openai_processing`` (or ``waiting_for_capacity``).
 
     A batch the sensor only opened is filled in the same transaction that claims it, so a batch in
-    'uploading' always holds its requests.
+    'uploading' always holds its requests. A run that finds another one working on the batch (a
+    relaunch overlapping a slow upload) leaves it to that one.
     """
+    with connect() as lock_conn:
+        lock_conn.autocommit = True
+        with store.upload_lock(lock_conn, batch_id) as locked:
+            if not locked:
+                return SubmitResult("skipped", "another upload run is working on this batch")
+            return _submit(connect, client, batch_id, token_limit, poll_interval_seconds, limits)
+
+
+def _submit(
+    connect: Connect,
+    client: openai.OpenAI,
+    batch_id: int,
+    token_limit: Callable[[str], int],
+    poll_interval_seconds: int,
+    limits: BatchLimits,
+) -> SubmitResult:
     with connect() as conn:
         batch = transition(conn, batch_id, ("ready",), "uploading", "upload run started")
         if batch is not None and batch["request_count"] == 0:
@@ -150,9 +173,16 @@ def _create(
             current = store.get_batch(conn, batch_id)
             if current["state"] not in CREATABLE:
                 return SubmitResult("skipped", f"batch is {current['state']}")
-            remote = None
+            remote, duplicates = None, []
             if current["openai_status"] == "creating":
-                remote = oai.find_batch(client, batch_id)  # a create call may have succeeded
+                # A create call may have succeeded unheard (more than one: it was repeated).
+                found = oai.find_batches(client, batch_id)
+                if found:
+                    remote, duplicates = found[0], found[1:]
+                    log.info(
+                        "batch %s: adopting OpenAI batch %s created before a lost answer", batch_id, remote.id
+                    )
+            reason = f"adopted OpenAI batch {remote.id} (its create answer was lost)" if remote else ""
             if remote is None:
                 limit = token_limit(model)
                 reserved = store.reserved_tokens(conn, model)
@@ -177,12 +207,15 @@ def _create(
                     if exc.code != "token_limit_exceeded":
                         raise
                     return _refused_for_tokens(conn, batch_id, exc)
+                reason = f"created OpenAI batch {remote.id}"
+            if duplicates:
+                reason += _cancel_duplicates(client, batch_id, duplicates)
             moved = transition(
                 conn,
                 batch_id,
                 CREATABLE,
                 "openai_processing",
-                f"created OpenAI batch {remote.id}",
+                reason,
                 openai_batch_id=remote.id,
                 openai_status=remote.status,
                 capacity_wait_reason=None,
@@ -203,6 +236,27 @@ def _create(
             store.requests_to_processing(conn, batch_id)
             conn.commit()
             return SubmitResult("submitted", openai_batch_id=remote.id)
+
+
+def _cancel_duplicates(client: openai.OpenAI, batch_id: int, duplicates: list) -> str:
+    """Cancel the OpenAI batches that carry our id besides the one we keep; the audit text for them."""
+    cancelled, kept_running = [], []
+    for duplicate in duplicates:
+        try:
+            oai.cancel_batch(client, duplicate.id)
+        except openai.APIStatusError as exc:
+            if oai.is_transient(exc) and exc.status_code != 409:
+                raise  # the op's retry finds the duplicates again (the cancelled ones no longer)
+            # 409 and the like: it finished meanwhile, nothing is left to stop.
+            log.warning("batch %s: cancelling duplicate %s at OpenAI: %s", batch_id, duplicate.id, exc)
+            kept_running.append(duplicate.id)
+        else:
+            log.warning("batch %s: cancelled duplicate OpenAI batch %s", batch_id, duplicate.id)
+            cancelled.append(duplicate.id)
+    text = f"; cancelled duplicate OpenAI batches {', '.join(cancelled)}" if cancelled else ""
+    if kept_running:
+        text += f"; could not cancel duplicate OpenAI batches {', '.join(kept_running)}"
+    return text
 
 
 # OpenAI refusing the create call for its token queue costs nothing: wait and try again (as the

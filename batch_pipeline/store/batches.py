@@ -206,3 +206,21 @@ def iter_batch_lines(conn: psycopg.Connection, batch_id: int) -> Iterator[str]:
 
 def reserved_tokens(conn: psycopg.Connection, model: str) -> int:
     return int(conn.execute(RESERVED_TOKENS, (model,)).fetchone()["tokens"])
+
+
+# One upload run per batch at a time, across processes: a session advisory lock (the two-key form, so
+# it never meets the one-key capacity locks) taken without waiting.
+TRY_UPLOAD_LOCK = "SELECT pg_try_advisory_lock(hashtext('batchman.upload'), hashtext(%s::text)) AS locked"
+UPLOAD_UNLOCK = "SELECT pg_advisory_unlock(hashtext('batchman.upload'), hashtext(%s::text))"
+
+
+@contextmanager
+def upload_lock(conn: psycopg.Connection, batch_id: int) -> Iterator[bool]:
+    """True while this session holds the batch's upload lock; False when another run holds it.
+    ``conn`` is an autocommit connection kept open for as long as the lock is needed."""
+    locked = bool(conn.execute(TRY_UPLOAD_LOCK, (batch_id,)).fetchone()["locked"])
+    try:
+        yield locked
+    finally:
+        if locked:
+            conn.execute(UPLOAD_UNLOCK, (batch_id,))

@@ -101,3 +101,25 @@ def processing_in_order(conn: psycopg.Connection, batch_id: int) -> list[dict[st
 
 def count_deliverable(conn: psycopg.Connection, batch_id: int) -> int:
     return conn.execute(COUNT_DELIVERABLE, (batch_id,)).fetchone()["n"]
+
+
+# OpenAI returns one line per request, but should a file hold several for one custom_id, one is kept:
+# a success over a final error over a retryable one, the first staged among equals. Else an 'ok' and
+# a 'retry' line would both match the request, and the retry would throw the paid-for success away.
+DEDUPE_STAGING = """
+DELETE FROM results_staging WHERE ctid IN (
+    SELECT ctid FROM (
+        SELECT ctid, row_number() OVER (
+            PARTITION BY custom_id
+            ORDER BY CASE kind WHEN 'ok' THEN 0 WHEN 'failed' THEN 1 ELSE 2 END, ctid
+        ) AS n
+        FROM results_staging
+    ) ranked
+    WHERE n > 1
+)
+"""
+
+
+def dedupe_staged(conn: psycopg.Connection) -> int:
+    """Keep one staged line per custom_id (see DEDUPE_STAGING); returns how many were dropped."""
+    return conn.execute(DEDUPE_STAGING).rowcount

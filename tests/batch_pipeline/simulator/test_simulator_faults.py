@@ -284,3 +284,149 @@ def test_control_surface_is_never_faulted(sim: Any) -> None:
     for _ in range(10):
         assert sim.get("/_sim/stats").status_code == 200
     assert time.monotonic() - started < 4  # a single slow fault would take 5 s
+
+
+def _our_batches(sim: Any) -> list[Batch]:
+    return list(sim.client().batches.list(limit=100).data)
+
+
+def test_drop_response_next_runs_each_call_then_loses_its_answer(sim: Any) -> None:
+    client = sim.client()
+    assert sim.get("/_sim/faults").json()["drop_response_next"] == {
+        "files.create": 0,
+        "batches.create": 0,
+        "batches.cancel": 0,
+    }
+
+    sim.set_faults(drop_response_next={"files.create": 1})
+    with pytest.raises(openai.APIConnectionError) as lost_upload:
+        client.files.create(file=("in.jsonl", sim.jsonl(sim.chat_lines(2))), purpose="batch")
+    assert not isinstance(lost_upload.value, openai.APITimeoutError)  # a hang-up, not a slow answer
+    (stored,) = client.files.list(purpose="batch").data  # the upload happened all the same
+    assert stored.filename == "in.jsonl" and stored.bytes > 0
+    assert sim.get("/_sim/faults").json()["drop_response_next"]["files.create"] == 0
+
+    sim.set_faults(drop_response_next={"batches.create": 2})
+    create = {"input_file_id": stored.id, "endpoint": "/v1/chat/completions", "completion_window": "24h"}
+    with pytest.raises(openai.APIConnectionError):
+        client.batches.create(**create, metadata={"batch_id": "lost"})
+    assert sim.get("/_sim/faults").json()["drop_response_next"]["batches.create"] == 1
+    (created,) = _our_batches(sim)
+    assert created.metadata == {"batch_id": "lost"} and created.status == "validating"
+    with pytest.raises(openai.APIConnectionError):
+        client.batches.create(**create, metadata={"batch_id": "lost again"})
+    assert sim.get("/_sim/faults").json()["drop_response_next"]["batches.create"] == 0
+    heard = client.batches.create(**create, metadata={"batch_id": "heard"})  # the count is spent
+    assert [b.metadata["batch_id"] for b in _our_batches(sim)] == ["heard", "lost again", "lost"]  # type: ignore[index]
+
+    sim.set_faults(drop_response_next={"batches.cancel": 1})
+    with pytest.raises(openai.APIConnectionError):
+        client.batches.cancel(heard.id)
+    assert client.batches.retrieve(heard.id).status == "cancelling"  # the cancel took effect
+    assert client.batches.cancel(heard.id).status == "cancelling"  # the next call is answered
+
+    stats = sim.stats()
+    assert (stats["files_uploaded"], stats["batches_created"], stats["cancel_requests"]) == (1, 3, 2)
+    assert stats["http_faults"] == {"drop_after": 4}
+    assert sim.get("/_sim/faults").json()["drop_response_next"] == {
+        "files.create": 0,
+        "batches.create": 0,
+        "batches.cancel": 0,
+    }
+
+
+def test_drop_response_next_only_counts_its_own_operation(sim: Any) -> None:
+    sim.set_faults(drop_response_next={"batches.cancel": 1})
+    batch = sim.submit(sim.chat_lines(1))  # an upload and a create: neither is a cancel
+    assert sim.client().batches.list().data[0].id == batch.id
+    assert sim.get("/_sim/faults").json()["drop_response_next"]["batches.cancel"] == 1
+
+    # A request that carries the fault header is decided by the header and leaves the count alone.
+    with pytest.raises(openai.APIStatusError):
+        sim.client().batches.cancel(batch.id, extra_headers={"x-sim-http-fault": "503"})
+    assert sim.get("/_sim/faults").json()["drop_response_next"]["batches.cancel"] == 1
+    assert sim.client().batches.retrieve(batch.id).status == "validating"
+
+
+def test_drop_after_header_loses_the_answer_of_one_request(sim: Any) -> None:
+    server = sim
+    file_id = server.upload(server.chat_lines(1))
+    with pytest.raises(openai.APIConnectionError):
+        server.client().batches.create(
+            input_file_id=file_id,
+            endpoint="/v1/chat/completions",
+            completion_window="24h",
+            extra_headers={"x-sim-http-fault": "drop_after"},
+        )
+    assert len(_our_batches(server)) == 1
+
+    with socket.create_connection(("127.0.0.1", server.port), timeout=5) as raw:
+        raw.sendall(
+            b"POST /v1/batches/" + _our_batches(server)[0].id.encode() + b"/cancel HTTP/1.1\r\nHost: x\r\n"
+            b"Authorization: Bearer k\r\nx-sim-http-fault: drop_after\r\nContent-Length: 0\r\n\r\n"
+        )
+        assert raw.recv(1024) == b""  # closed without a single response byte
+    assert server.client().batches.retrieve(_our_batches(server)[0].id).status == "cancelling"
+
+    with pytest.raises(openai.APIConnectionError):
+        server.client().files.create(
+            file=("again.jsonl", server.jsonl(server.chat_lines(1))),
+            purpose="batch",
+            extra_headers={"x-sim-http-fault": "drop_after"},
+        )
+    assert sorted(f.filename for f in server.client().files.list().data) == ["again.jsonl", "input.jsonl"]
+    stats = server.stats()
+    assert (stats["files_uploaded"], stats["batches_created"], stats["cancel_requests"]) == (2, 1, 1)
+    assert stats["http_faults"] == {"drop_after": 3}
+
+
+@pytest.mark.parametrize(
+    ("value", "complaint"),
+    [
+        ({"batches.delete": 1}, "unknown operation 'batches.delete'"),
+        ({"batches.create": -1}, "non-negative integer"),
+        ({"batches.create": 1.5}, "non-negative integer"),
+        ({"batches.create": True}, "non-negative integer"),
+        ({"batches.create": "soon"}, "non-negative integer"),
+        ([1], "expected an object"),
+    ],
+)
+def test_drop_response_next_is_validated(sim: Any, value: Any, complaint: str) -> None:
+    sim.set_faults(drop_response_next={"files.create": 2})
+
+    refused = sim.http.put("/_sim/faults", json={"drop_response_next": value})
+
+    assert refused.status_code == 400
+    error = refused.json()["error"]
+    assert error["param"] == "drop_response_next"
+    assert "drop_response_next" in error["message"] and complaint in error["message"]
+    assert sim.get("/_sim/faults").json()["drop_response_next"]["files.create"] == 2  # nothing changed
+
+
+def test_drop_response_next_is_replaced_as_a_whole_and_forgotten_on_reset(sim: Any) -> None:
+    sim.set_faults(drop_response_next={"batches.create": 2, "files.create": 1})
+    updated = sim.set_faults(drop_response_next={"batches.cancel": 3}, http_500_rate=0.0)
+    assert updated["drop_response_next"] == {"files.create": 0, "batches.create": 0, "batches.cancel": 3}
+    assert sim.set_faults(slow_seconds=1)["drop_response_next"]["batches.cancel"] == 3  # others kept
+
+    sim.reset()
+
+    assert sim.get("/_sim/faults").json()["drop_response_next"]["batches.cancel"] == 0
+
+
+def test_a_slow_answer_comes_after_the_work_so_a_timed_out_create_still_happened(sim: Any) -> None:
+    sim.set_faults(slow_seconds=60)
+    file_id = sim.upload(sim.chat_lines(1))
+
+    started = time.monotonic()
+    with pytest.raises(openai.APITimeoutError):
+        sim.client(timeout=1.0).batches.create(
+            input_file_id=file_id,
+            endpoint="/v1/chat/completions",
+            completion_window="24h",
+            extra_headers={"x-sim-http-fault": "slow"},
+        )
+
+    assert time.monotonic() - started < 30  # the client gave up long before the answer was due
+    assert [b.input_file_id for b in _our_batches(sim)] == [file_id]
+    assert sim.stats()["batches_created"] == 1
