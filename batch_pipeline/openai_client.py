@@ -159,3 +159,10 @@ def batch_errors(batch: Batch) -> list[dict[str, Any]]:
     if batch.errors is None or not batch.errors.data:
         return []
     return [e.model_dump() for e in batch.errors.data]
+
+
+def refusal(exc: openai.APIStatusError) -> tuple[str, str]:
+    """(code, "OpenAI <status>: <message>") from an error answer, without the SDK's repeated prefix."""
+    body = exc.body if isinstance(exc.body, dict) else {}  # the SDK keeps the "error" object here
+    message = body.get("message") or exc.message
+    return exc.code or "batch_failed", f"OpenAI {exc.status_code}: {message}"

@@ -11,7 +11,7 @@ A batch::
                │              ▼  │          │      ▼                             ▼
                │      waiting_for_capacity  │   cancelling ─► (openai_completed)  ready_to_deliver
                ▼                            ▼                                     │
-             failed / cancelled / resubmitted                                     ▼
+        cancelled / resubmitted / openai_completed (refused for good)             ▼
                                                   delivered / partially_delivered / delivery_failed
                                                               ◄── delivering ◄───┘
 
@@ -56,7 +56,7 @@ BATCH_TRANSITIONS = frozenset(
         ("uploading", "uploaded"),
         ("uploaded", "waiting_for_capacity"),
         *((s, "openai_processing") for s in CREATABLE),
-        *((s, "failed") for s in BEFORE_OPENAI),
+        *((s, "openai_completed") for s in BEFORE_OPENAI),  # refused for good: failed like at OpenAI
         *((s, "resubmitted") for s in BEFORE_OPENAI),  # nothing left to send
         *((s, "cancelled") for s in BEFORE_OPENAI),
         ("openai_processing", "cancelling"),

@@ -41,8 +41,10 @@ def submit_to_openai(
         if oai.is_transient(exc):
             raise
         if isinstance(exc, openai_sdk.APIStatusError):
-            # Permanent (400/401/403/404): retrying cannot help; the batch fails with OpenAI's message.
-            fail_batch(postgres.connect, batch_id, f"OpenAI {exc.status_code}: {exc.message}")
+            # Permanent (400/401/403/404): retrying cannot help. Every request of the batch gets
+            # OpenAI's message as its (delivered) error line.
+            code, message = oai.refusal(exc)
+            fail_batch(postgres.connect, batch_id, message, code)
             context.log.error("batch %s failed permanently: %s", batch_id, exc)
             return dg.Output("failed", metadata={"error": str(exc)})
         raise dg.Failure(f"batch {batch_id}: upload failed: {exc}", allow_retries=False) from exc

@@ -18,35 +18,27 @@ from __future__ import annotations
 import logging
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
 import openai
 import psycopg
 from psycopg import sql
+from psycopg.types.json import Jsonb
 
 from batch_pipeline import openai_client as oai
 from batch_pipeline.config import DEFAULT_BATCH_MAX_BYTES
 from batch_pipeline.db import Connect
-from batch_pipeline.states import BEFORE_OPENAI, CREATABLE
+from batch_pipeline.stages.create import SubmitResult, create_batch
+from batch_pipeline.states import BEFORE_OPENAI
 from batch_pipeline.store import batches as store
 from batch_pipeline.store.batching import BatchLimits, fill_batch
-from batch_pipeline.store.transitions import FromNow, transition
+from batch_pipeline.store.transitions import transition
 
 log = logging.getLogger(__name__)
 
 
-# A batch that found no headroom looks again this soon (admission also runs on every sensor tick).
-CAPACITY_RECHECK_SECONDS = 10
 DEFAULT_LIMITS = BatchLimits(max_requests=50_000, max_bytes=DEFAULT_BATCH_MAX_BYTES, max_age_seconds=3600)
-
-
-@dataclass(frozen=True)
-class SubmitResult:
-    outcome: str  # submitted | waiting_for_capacity | skipped | failed
-    detail: str = ""
-    openai_batch_id: str | None = None
 
 
 def _write_jsonl(conn: psycopg.Connection, batch_id: int, path: Path) -> int:
@@ -153,144 +145,27 @@ def _submit(
             with connect() as conn:
                 transition(conn, batch_id, ("uploading",), "uploaded", "input file already stored")
                 conn.commit()
-    return _create(connect, client, batch, file_id, token_limit, poll_interval_seconds)
+    return create_batch(connect, client, batch, file_id, token_limit, poll_interval_seconds)
 
 
-def _create(
-    connect: Connect,
-    client: openai.OpenAI,
-    batch: dict,
-    file_id: str,
-    token_limit: Callable[[str], int],
-    poll_interval_seconds: int,
-) -> SubmitResult:
-    batch_id, model = batch["id"], batch["model"]
-    # One admission per model at a time, across runs and processes: the ledger check and the create
-    # call must not interleave with another batch of the same model.
-    with connect() as lock_conn:
-        lock_conn.autocommit = True
-        with store.capacity_lock(lock_conn, model), connect() as conn:
-            current = store.get_batch(conn, batch_id)
-            if current["state"] not in CREATABLE:
-                return SubmitResult("skipped", f"batch is {current['state']}")
-            remote, duplicates = None, []
-            if current["openai_status"] == "creating":
-                # A create call may have succeeded unheard (more than one: it was repeated).
-                found = oai.find_batches(client, batch_id)
-                if found:
-                    remote, duplicates = found[0], found[1:]
-                    log.info(
-                        "batch %s: adopting OpenAI batch %s created before a lost answer", batch_id, remote.id
-                    )
-            reason = f"adopted OpenAI batch {remote.id} (its create answer was lost)" if remote else ""
-            if remote is None:
-                limit = token_limit(model)
-                reserved = store.reserved_tokens(conn, model)
-                if reserved > 0 and reserved + current["estimated_tokens"] > limit:
-                    transition(
-                        conn,
-                        batch_id,
-                        CREATABLE,
-                        "waiting_for_capacity",
-                        f"insufficient headroom: {reserved} of {limit} tokens reserved for {model}",
-                        capacity_wait_reason="insufficient_headroom",
-                        waiting_since=sql.SQL("coalesce(waiting_since, now())"),
-                        next_check_at=FromNow(seconds=CAPACITY_RECHECK_SECONDS),
-                    )
-                    conn.commit()
-                    return SubmitResult("waiting_for_capacity", f"{reserved}/{limit} tokens reserved")
-                store.mark_creating(conn, batch_id)
-                conn.commit()
-                try:
-                    remote = oai.create_batch(client, batch_id, file_id, batch["endpoint"])
-                except openai.BadRequestError as exc:
-                    if exc.code != "token_limit_exceeded":
-                        raise
-                    return _refused_for_tokens(conn, batch_id, exc)
-                reason = f"created OpenAI batch {remote.id}"
-            if duplicates:
-                reason += _cancel_duplicates(client, batch_id, duplicates)
-            moved = transition(
-                conn,
-                batch_id,
-                CREATABLE,
-                "openai_processing",
-                reason,
-                openai_batch_id=remote.id,
-                openai_status=remote.status,
-                capacity_wait_reason=None,
-                waiting_since=None,
-                next_check_at=FromNow(seconds=poll_interval_seconds),
-            )
-            if moved is None:
-                # Cancelled (or deleted) through the API while the create call was in flight:
-                # stop the OpenAI batch too, so nothing runs (and bills) unseen.
-                conn.rollback()
-                try:
-                    oai.cancel_batch(client, remote.id)
-                except openai.APIStatusError as exc:  # e.g. the API's cancel got there first
-                    log.warning("batch %s: cancelling %s at OpenAI: %s", batch_id, remote.id, exc)
-                store.note_cancelled_remote(conn, batch_id, remote.id)
-                conn.commit()
-                return SubmitResult("skipped", f"batch was cancelled; cancelled {remote.id} at OpenAI")
-            store.requests_to_processing(conn, batch_id)
-            conn.commit()
-            return SubmitResult("submitted", openai_batch_id=remote.id)
+def fail_batch(connect: Connect, batch_id: int, message: str, code: str = "batch_failed") -> None:
+    """A permanent error: OpenAI will not take this batch as it is (a 4xx on upload or create).
 
-
-def _cancel_duplicates(client: openai.OpenAI, batch_id: int, duplicates: list) -> str:
-    """Cancel the OpenAI batches that carry our id besides the one we keep; the audit text for them."""
-    cancelled, kept_running = [], []
-    for duplicate in duplicates:
-        try:
-            oai.cancel_batch(client, duplicate.id)
-        except openai.APIStatusError as exc:
-            if oai.is_transient(exc) and exc.status_code != 409:
-                raise  # the op's retry finds the duplicates again (the cancelled ones no longer)
-            # 409 and the like: it finished meanwhile, nothing is left to stop.
-            log.warning("batch %s: cancelling duplicate %s at OpenAI: %s", batch_id, duplicate.id, exc)
-            kept_running.append(duplicate.id)
-        else:
-            log.warning("batch %s: cancelled duplicate OpenAI batch %s", batch_id, duplicate.id)
-            cancelled.append(duplicate.id)
-    text = f"; cancelled duplicate OpenAI batches {', '.join(cancelled)}" if cancelled else ""
-    if kept_running:
-        text += f"; could not cancel duplicate OpenAI batches {', '.join(kept_running)}"
-    return text
-
-
-# OpenAI refusing the create call for its token queue costs nothing: wait and try again (as the
-# Elixir service does), without spending a token-limit retry (those are for batches failed at OpenAI).
-CREATE_REFUSED_RETRY_SECONDS = 60
-
-
-def _refused_for_tokens(conn: psycopg.Connection, batch_id: int, exc: openai.BadRequestError) -> SubmitResult:
-    transition(
-        conn,
-        batch_id,
-        CREATABLE,
-        "waiting_for_capacity",
-        f"token_limit_exceeded at create: {exc.message}"[:2000],
-        openai_status=None,  # no create call is in flight any more
-        capacity_wait_reason="token_limit_exceeded",
-        waiting_since=sql.SQL("coalesce(waiting_since, now())"),
-        next_check_at=FromNow(seconds=CREATE_REFUSED_RETRY_SECONDS),
-    )
-    conn.commit()
-    return SubmitResult("waiting_for_capacity", "OpenAI refused the batch: token_limit_exceeded")
-
-
-def fail_batch(connect: Connect, batch_id: int, message: str) -> None:
-    """A permanent error (e.g. a rejected API key): the batch fails with the message. Its requests
-    stay with it; ``POST /api/batches/{id}/restart`` puts them back in the queue once fixed."""
+    Handled like a batch OpenAI failed: the results stage gives every request the error as its result
+    line (OpenAI's shape), and delivery sends it, so no client waits forever for a batch nobody will
+    run. The message stays on the batch (``error_msg``, and its transitions) for the operator.
+    """
     with connect() as conn:
-        transition(
+        moved = transition(
             conn,
             batch_id,
             BEFORE_OPENAI,
-            "failed",
+            "openai_completed",
             message[:2000],
+            openai_status="failed",
             error_msg=message[:10_000],
-            completed_at=sql.SQL("coalesce(completed_at, now())"),  # retention counts from here
+            last_openai_error=Jsonb([{"code": code, "message": message[:2000]}]),
         )
+        if moved is not None:
+            store.requests_to_processing(conn, batch_id)
         conn.commit()

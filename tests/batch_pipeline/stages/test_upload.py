@@ -170,8 +170,26 @@ def run_upload_op(stage_settings: Settings, db_url: str, batch_id: int) -> dg.Ex
         )
 
 
-def test_a_permanent_upload_error_fails_the_batch_with_openais_message(
-    sim, stage_settings: Settings, db_url: str, query, add_requests, open_batch
+def assert_every_request_gets_the_error(
+    sim, stage_settings: Settings, connector, query, batch_id: int, message_part: str
+) -> None:
+    """A batch refused for good ends like one OpenAI failed: each request's result is the error line,
+    ready for delivery (no client waits for a batch nobody will run)."""
+    row = batch_row(query, batch_id)
+    assert (row["state"], row["openai_status"]) == ("openai_completed", "failed")
+    assert {r["state"] for r in query("SELECT state FROM batchman.requests")} == {"openai_processing"}
+    summary = ingest_results(connector, sim.pipeline_client(stage_settings), batch_id, max_resubmits=3)
+    assert summary["outcome"] == "stored"
+    assert batch_row(query, batch_id)["state"] == "ready_to_deliver"
+    requests = query("SELECT custom_id, state, result FROM batchman.requests ORDER BY id")
+    assert requests and {r["state"] for r in requests} == {"openai_processed"}
+    for r in requests:
+        assert r["result"]["custom_id"] == r["custom_id"] and r["result"]["response"] is None
+        assert message_part in r["result"]["error"]["message"]
+
+
+def test_a_permanent_upload_error_delivers_openais_message_to_every_request(
+    sim, stage_settings: Settings, db_url: str, connector, query, add_requests, open_batch
 ) -> None:
     add_requests(2, faults={1: "no_such_fault"})  # the simulator refuses the whole file (HTTP 400)
     batch_id = open_batch()
@@ -180,13 +198,15 @@ def test_a_permanent_upload_error_fails_the_batch_with_openais_message(
 
     assert result.success and result.output_for_node("submit_to_openai") == "failed"
     row = batch_row(query, batch_id)
-    assert row["state"] == "failed"
     assert row["error_msg"].startswith("OpenAI 400: ") and "unknown x_sim_fault value" in row["error_msg"]
-    assert row["completed_at"] is not None
+    assert "Error code: 400" not in row["error_msg"]  # OpenAI's message, not the SDK's wrapper text
     assert sim.stats()["files_uploaded"] == 0 and sim.stats()["batches_created"] == 0
+    assert_every_request_gets_the_error(
+        sim, stage_settings, connector, query, batch_id, "unknown x_sim_fault"
+    )
 
 
-def test_a_permanent_create_error_fails_the_batch_with_openais_message(
+def test_a_permanent_create_error_delivers_openais_message_to_every_request(
     sim, stage_settings: Settings, db_url: str, connector, query, add_requests, open_batch
 ) -> None:
     add_requests(2)
@@ -201,10 +221,14 @@ def test_a_permanent_create_error_fails_the_batch_with_openais_message(
 
     assert result.success and result.output_for_node("submit_to_openai") == "failed"
     row = batch_row(query, batch_id)
-    assert row["state"] == "failed"
-    assert row["error_msg"].startswith("OpenAI 400: ")
-    assert row["error_msg"].endswith(f"File {wrong} has purpose 'user_data'; a batch needs purpose 'batch'.")
+    assert (
+        row["error_msg"]
+        == f"OpenAI 400: File {wrong} has purpose 'user_data'; a batch needs purpose 'batch'."
+    )
     assert sim.stats()["batches_created"] == 0
+    assert_every_request_gets_the_error(
+        sim, stage_settings, connector, query, batch_id, "purpose 'user_data'"
+    )
 
 
 def test_a_batch_with_nothing_left_to_send_is_resubmitted_without_calling_openai(
