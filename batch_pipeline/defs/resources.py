@@ -1,8 +1,9 @@
 """Resources named after the systems they wrap, all built from the one ``Settings``.
 
-None of them takes run config: each is a plain object handed to Dagster as it is (``ResourceParam``),
-so a run launched from the UI cannot point a resource at another server or change a setting, and no
-value (a DSN, a key) is part of the code-location snapshot the UI shows.
+None of them takes run config: each is a plain object behind an empty config schema (ops take it as a
+``ResourceParam``), so a run launched from the UI cannot point a resource at another server or change
+a setting (its run config is refused), and no value (a DSN, a key) is part of the code-location
+snapshot the UI shows.
 """
 
 from __future__ import annotations
@@ -50,12 +51,17 @@ class OpenAI:
         return openai.OpenAI(**oai.client_options(self._settings, **limits))
 
 
-def build_resources(settings: Settings, dsn: str | None = None) -> dict[str, Any]:
+def _fixed(value: Any, description: str) -> dg.ResourceDefinition:
+    """``value`` as a resource whose config schema is empty: run config for it is refused."""
+    return dg.ResourceDefinition(resource_fn=lambda _: value, config_schema={}, description=description)
+
+
+def build_resources(settings: Settings, dsn: str | None = None) -> dict[str, dg.ResourceDefinition]:
     """``dsn`` overrides ``DATABASE_URL`` (tests, and ``batchman up``'s embedded server)."""
     return {
-        "postgres": Postgres(dsn or settings.database_url),
-        "openai": OpenAI(settings),
-        "settings": settings,
+        "postgres": _fixed(Postgres(dsn or settings.database_url), "The app database (DATABASE_URL)."),
+        "openai": _fixed(OpenAI(settings), "The OpenAI API, or the simulator without OPENAI_API_KEY."),
+        "settings": _fixed(settings, "The service settings, read from the environment at start."),
     }
 
 
