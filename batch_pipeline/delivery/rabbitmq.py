@@ -14,7 +14,14 @@ Reconnecting is bounded by time, not by a count of tries: one outage is ridden o
 ``reconnect_seconds`` (default ``RECONNECT_SECONDS``), retrying 0.2 s, 0.4 s, 0.8 s … then every 5 s.
 Past that the chunk in hand fails with ``connection_error`` (retried on the schedule); each later
 chunk of the run tries to connect once, so the run goes on as soon as the broker is back.
+
+When no confirm comes (a black-holed link, a connection blocked by a memory or disk alarm) what is
+unconfirmed fails with ``timeout`` after ``confirm_timeout``; closing that connection is bounded too
+(see ``_close_within``).
 """
+
+# Longer than 300 lines: one publisher driving pika's callback ioloop (connect, confirm, return,
+# watchdog, reconnect); split across modules its state would have to be shared between them.
 
 from __future__ import annotations
 
@@ -24,6 +31,7 @@ import time
 from collections.abc import Sequence
 
 import pika
+import pika.exceptions
 from pika.adapters.select_connection import SelectConnection
 from pika.spec import Basic
 
@@ -34,6 +42,7 @@ log = logging.getLogger(__name__)
 
 RECONNECT_SECONDS = 60.0  # how long one outage is ridden out before the chunk in hand fails
 RECONNECT_DELAY_START, RECONNECT_DELAY_MAX = 0.2, 5.0  # capped exponential backoff between tries
+CLOSE_GRACE_MAX = 5.0  # how long a graceful close may wait for the broker's Close-Ok (at most)
 
 
 def properties(d: Delivery) -> pika.BasicProperties:
@@ -51,6 +60,20 @@ def properties(d: Delivery) -> pika.BasicProperties:
     )
 
 
+def queue_name_error(d: Delivery) -> str | None:
+    """Why the stored ``rabbitmq_queue`` cannot be a routing key, or None. Intake refuses such names; a
+    row stored another way must fail alone: pika raises on it inside the ioloop and drops the
+    connection, so the whole chunk was published again and again for the reconnect budget and every
+    message in it failed as ``connection_error``. A missing name comes back unroutable instead:
+    ``queue_not_found``."""
+    queue = d.delivery_config.get("rabbitmq_queue")
+    if queue is not None and not isinstance(queue, str):
+        return f"invalid rabbitmq_queue {queue!r}: not a string"
+    if queue is not None and len(queue.encode()) > 255:
+        return f"invalid rabbitmq_queue {queue[:50]!r}…: longer than 255 bytes"
+    return None
+
+
 class _Batch:
     """The messages of one ``publish_batch`` call and what became of each."""
 
@@ -58,7 +81,13 @@ class _Batch:
         self.deliveries = deliveries
         self.results: list[Attempt | None] = [None] * len(deliveries)
         self.started = [0.0] * len(deliveries)
-        self.pending: collections.deque[int] = collections.deque(range(len(deliveries)))
+        self.pending: collections.deque[int] = collections.deque()
+        for index, d in enumerate(deliveries):
+            error = queue_name_error(d)
+            if error:
+                self.finish(index, OTHER, False, error)
+            else:
+                self.pending.append(index)
         self.in_flight: dict[int, int] = {}  # delivery tag -> index
         self.returned: set[str] = set()  # message ids the broker could not route
         self.last_progress = time.monotonic()
@@ -123,6 +152,10 @@ class RabbitPublisher:
     def _on_connection_closed(self, conn: SelectConnection, exc: BaseException) -> None:
         self._channel = None
         self._error = f"connection lost: {exc!r}"
+        if isinstance(exc, pika.exceptions.ConnectionBlockedTimeout) and self._batch is not None:
+            # Blocked by a resource alarm as long as a confirm may take: a confirm timeout (whichever
+            # timer fired first), not an outage to ride out; a new connection would be blocked again.
+            self._batch.fail_rest(TIMEOUT, f"no publisher confirm within {self.confirm_timeout:g} s")
         conn.ioloop.stop()
 
     def _on_channel_open(self, channel) -> None:
@@ -203,7 +236,7 @@ class RabbitPublisher:
         if time.monotonic() - batch.last_progress > self.confirm_timeout:
             batch.fail_rest(TIMEOUT, f"no publisher confirm within {self.confirm_timeout:g} s")
             self._error = "confirm timeout"
-            conn.close() if conn.is_open else conn.ioloop.stop()
+            self._close_within(conn) if conn.is_open else conn.ioloop.stop()
             return
         conn.ioloop.call_later(min(1.0, self.confirm_timeout / 4), lambda: self._watchdog(gen))
 
@@ -263,10 +296,24 @@ class RabbitPublisher:
             self._batch = None
         return [r if r is not None else Attempt(OTHER, True, error="not published") for r in batch.results]
 
+    def _close_within(self, conn: SelectConnection) -> None:
+        """Close gracefully, but drop the TCP connection if the broker has not answered after a grace
+        period. A broker that stopped answering (a black-holed link) never sends Close-Ok: the ioloop
+        would run on until a heartbeat timeout, a minute or more past the confirm timeout."""
+        grace = min(self.confirm_timeout, CLOSE_GRACE_MAX)
+        conn.close()
+
+        def abort() -> None:  # pika has no public abort; its own blocked-connection timeout does this
+            if not conn.is_closed:
+                log.warning("RabbitMQ did not answer the close within %.1f s; dropping the connection", grace)
+                conn._terminate_stream(pika.exceptions.AMQPConnectionError(f"no Close-Ok within {grace:g} s"))
+
+        conn.ioloop.call_later(grace, abort)
+
     def _close_now(self) -> None:
         conn, self._conn, self._channel = self._conn, None, None
         if conn is not None and conn.is_open:
-            conn.close()
+            self._close_within(conn)
             conn.ioloop.start()  # runs until the close completes (on_close stops the loop)
 
     def close(self) -> None:

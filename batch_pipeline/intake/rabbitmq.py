@@ -6,7 +6,10 @@ Decisions, per message, only after the batch is committed:
 - stored, or a duplicate custom_id → ack (duplicates are logged);
 - not JSON, invalid, too large → ``basic_reject(requeue=False)`` with the reason logged; the broker
   dead-letters it when the queue has a DLX. Never requeued: a poison message cannot loop;
-- the database is unreachable → the batch is requeued and we back off (1 s doubling to 30 s).
+- a message the intake or the database fails on in an unforeseen way (a bug, a row the database
+  refuses) → the batch is retried one message at a time and only the failing one is rejected;
+- the database is unreachable or refuses every write (read-only after a failover, no privilege) → the
+  batch is requeued and we back off (1 s doubling to 30 s).
 The queue is never declared (it must exist). Connection loss or a missing queue → reconnect with the
 same backoff, which starts over only after real progress (the broker registered our consumer, or a
 batch was stored), so a missing queue is retried 1 s, 2 s, 4 s … 30 s apart, not every second.
@@ -35,6 +38,19 @@ log = logging.getLogger(__name__)
 BACKOFF_START, BACKOFF_MAX = 1.0, 30.0
 FLUSH_SECONDS = 0.05  # a partial batch waits at most this long for more messages
 DB_ERRORS = (psycopg.OperationalError, psycopg.InterfaceError)
+# SQLSTATE classes that blame the rows written: bad data (22), a constraint (23), a size limit (54).
+# Only those can be one message's fault. Any other error from the server (read-only after a failover,
+# a revoked privilege, a missing table, out of resources) refuses every message alike: retrying one by
+# one would reject, and so drop or dead-letter, the whole queue. Requeue and back off instead.
+ROW_ERROR_CLASSES = frozenset({"22", "23", "54"})
+
+
+def database_unavailable(exc: BaseException) -> bool:
+    """Whether ``exc`` says the database cannot take writes now, rather than that a row is bad."""
+    if isinstance(exc, DB_ERRORS):
+        return True
+    sqlstate = exc.sqlstate if isinstance(exc, psycopg.Error) else None
+    return sqlstate is not None and sqlstate[:2] not in ROW_ERROR_CLASSES
 
 
 @dataclass(frozen=True)
@@ -97,9 +113,13 @@ class IntakeConsumer:
                 objs.append(Undecodable(f"message body is not JSON: {exc}"))
         try:
             outcomes = self._runner.run(self._submit(objs))
-        except DB_ERRORS as exc:
+        except Exception as exc:
+            if not database_unavailable(exc):
+                self._isolate(channel, batch)
+                return
             log.warning(
-                "database unavailable (%s); requeueing %d messages, retry in %.0f s",
+                "database unavailable (%s: %s); requeueing %d messages, retry in %.0f s",
+                type(exc).__name__,
                 exc,
                 len(batch),
                 self._backoff,
@@ -108,18 +128,6 @@ class IntakeConsumer:
             self.counts["requeued"] += len(batch)
             self._pause(channel, self._backoff)
             self._backoff = min(self._backoff * 2, BACKOFF_MAX)
-            return
-        except Exception:
-            # A bug, not bad input we know of: isolate the message that causes it and reject only that
-            # one, so it cannot block the queue or loop forever.
-            if len(batch) > 1:
-                log.exception("intake batch failed; retrying its %d messages one by one", len(batch))
-                for m in batch:
-                    self._handle(channel, [m])
-            else:
-                log.exception("rejecting message %d: intake failed on it", batch[0].tag)
-                channel.basic_reject(batch[0].tag, requeue=False)
-                self.counts["rejected"] += 1
             return
         self._backoff = BACKOFF_START
         for m, outcome in zip(batch, outcomes, strict=True):
@@ -138,6 +146,21 @@ class IntakeConsumer:
                 )
                 channel.basic_reject(m.tag, requeue=False)
                 self.counts["rejected"] += 1
+
+    def _isolate(
+        self, channel: pika.adapters.blocking_connection.BlockingChannel, batch: Sequence[Message]
+    ) -> None:
+        # A bug or a row the database refuses, not bad input we know of: find the message that causes
+        # it and reject only that one, so it cannot block the queue or loop forever. (Called from the
+        # except clause of ``_handle``: log.exception logs what failed.)
+        if len(batch) > 1:
+            log.exception("intake batch failed; retrying its %d messages one by one", len(batch))
+            for m in batch:
+                self._handle(channel, [m])
+        else:
+            log.exception("rejecting message %d: intake failed on it", batch[0].tag)
+            channel.basic_reject(batch[0].tag, requeue=False)
+            self.counts["rejected"] += 1
 
     def _pause(self, channel: pika.adapters.blocking_connection.BlockingChannel, seconds: float) -> None:
         # Sleeping through the connection keeps its heartbeats going; short slices keep stop() prompt.

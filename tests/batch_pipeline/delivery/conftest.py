@@ -294,9 +294,20 @@ class TcpProxy:
         except OSError:
             pass
         finally:
-            for s in (src, dst):
-                with contextlib.suppress(OSError):
-                    s.close()
+            self._hang_up(src, dst)
+
+    @staticmethod
+    def _hang_up(*socks: Any) -> None:
+        import socket
+
+        # shutdown() before close(): the pump of the other direction may be blocked in recv() on one
+        # of these, and on Linux a close() alone neither wakes it nor sends the FIN (the broker would
+        # keep the connection, and its unacked messages, until a heartbeat timeout).
+        for s in socks:
+            with contextlib.suppress(OSError):
+                s.shutdown(socket.SHUT_RDWR)
+            with contextlib.suppress(OSError):
+                s.close()
 
     def cut(self) -> None:
         with self._lock:

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
 from urllib.parse import urlsplit
 
 import pika
+import psycopg
 import pytest
 
 from batch_pipeline.intake.rabbitmq import IntakeConsumer
@@ -207,3 +209,105 @@ def test_backoff_starts_over_once_the_queue_appears(tmp_path, db_url, rabbitmq_u
     assert waits.waits[:3] == [1.0, 2.0, 4.0]
     assert waits.waits[before] == 1.0
     assert count_rows(db_url) == 2
+
+
+def fill_batches(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A partial batch waits up to 1 s (not 50 ms) for more messages: messages published before the
+    consumer starts then make one full batch however the broker spaces its deliveries."""
+    from batch_pipeline.intake import rabbitmq as intake_rabbitmq
+
+    monkeypatch.setattr(intake_rabbitmq, "FLUSH_SECONDS", 1.0)
+
+
+def stored_custom_ids(db_url: str) -> list[str]:
+    with psycopg.connect(db_url) as conn:
+        return sorted(r[0] for r in conn.execute("SELECT custom_id FROM batchman.requests"))
+
+
+@pytest.mark.rabbitmq
+def test_a_row_the_database_refuses_is_isolated_and_the_rest_of_its_batch_stored(
+    tmp_path, db_url, rabbitmq_url, queues, monkeypatch, caplog
+) -> None:
+    fill_batches(monkeypatch)
+    # A row the database refuses (this test's database only): the batch's COPY fails as a whole, as it
+    # would for any row-specific refusal (a constraint, a value Postgres cannot store).
+    with psycopg.connect(db_url) as conn:
+        conn.execute(
+            "ALTER TABLE batchman.requests ADD CONSTRAINT test_refuses CHECK (custom_id <> 'one-poison')"
+        )
+    dlq = queues("dlq")
+    q = queues("in", {"x-dead-letter-exchange": "", "x-dead-letter-routing-key": dlq})
+    names = ["one-a", "one-b", "one-poison", "one-c"]
+    bodies = [json.dumps(valid_request(n)).encode() for n in names]
+    publish(rabbitmq_url, q, bodies)
+    caplog.set_level(logging.INFO, logger="batch_pipeline.intake.rabbitmq")
+    with running(consumer_for(tmp_path, db_url, rabbitmq_url, q)) as c:
+        wait_for(lambda: handled(c) == len(names))
+    assert "intake batch failed; retrying its 4 messages one by one" in caplog.text
+    assert c.counts == {"accepted": 3, "duplicate": 0, "rejected": 1, "requeued": 0}
+    assert stored_custom_ids(db_url) == ["one-a", "one-b", "one-c"]
+    assert queue_depth(rabbitmq_url, q) == 0  # every good message acked
+    assert [body for _, body in drain(rabbitmq_url, dlq)] == [bodies[2]]  # only the bad one rejected
+
+
+@pytest.mark.rabbitmq
+def test_a_database_that_refuses_every_write_requeues_instead_of_rejecting(
+    tmp_path, db_url, rabbitmq_url, queues
+) -> None:
+    # Read-only, as a primary demoted by a failover is: every write fails with the same error. That is
+    # the database's state, not a message's fault, so nothing may be rejected (dead-lettered, lost).
+    dbname = urlsplit(db_url).path.lstrip("/")
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        conn.execute(f'ALTER DATABASE "{dbname}" SET default_transaction_read_only = on')
+    dlq = queues("dlq")
+    q = queues("in", {"x-dead-letter-exchange": "", "x-dead-letter-routing-key": dlq})
+    names = [f"ro-{i}" for i in range(4)]
+    publish(rabbitmq_url, q, [json.dumps(valid_request(n)).encode() for n in names])
+    with running(consumer_for(tmp_path, db_url, rabbitmq_url, q)) as c:
+        wait_for(lambda: c.counts["requeued"] >= len(names))
+        assert c.counts["rejected"] == 0 and queue_depth(rabbitmq_url, dlq) == 0
+        with psycopg.connect(db_url, autocommit=True) as conn:  # the database takes writes again
+            conn.execute("SET default_transaction_read_only = off")  # this session is read-only too
+            conn.execute(f'ALTER DATABASE "{dbname}" RESET default_transaction_read_only')
+        wait_for(lambda: c.counts["accepted"] == len(names))
+    assert c.counts["rejected"] == 0 and queue_depth(rabbitmq_url, dlq) == 0
+    assert stored_custom_ids(db_url) == names
+    assert queue_depth(rabbitmq_url, q) == 0
+
+
+@pytest.mark.rabbitmq
+def test_connection_cut_after_commit_before_ack_redelivers_duplicates_and_loses_nothing(
+    tmp_path, db_url, rabbitmq_url, queues, monkeypatch
+) -> None:
+    fill_batches(monkeypatch)
+    q = queues("in")
+    names = [f"ack-{i}" for i in range(4)]
+    publish(rabbitmq_url, q, [json.dumps(valid_request(n)).encode() for n in names])
+    proxy = TcpProxy(urlsplit(rabbitmq_url).port or 5672)
+    waits = RecordedWaits()
+    consumer = consumer_for(tmp_path, db_url, proxy.url(rabbitmq_url), q)
+    consumer._sleep = waits
+    cut_batch: list[tuple[int, list[str]]] = []  # (its size, what was stored when the link went)
+    submit = consumer._submit
+
+    async def submit_then_cut(objs: list[object]):
+        outcomes = await submit(objs)  # committed
+        if not cut_batch:
+            # The network drops right after the commit, before a single ack of this batch is sent.
+            cut_batch.append((len(objs), stored_custom_ids(db_url)))
+            proxy.cut()
+        return outcomes
+
+    consumer._submit = submit_then_cut
+    try:
+        with running(consumer) as c:
+            wait_for(lambda: c.counts["duplicate"] == len(names))
+    finally:
+        proxy.close()
+    assert cut_batch == [(len(names), names)] and proxy.cuts == 1
+    assert len(waits.waits) >= 1  # the consumer saw the connection go and reconnected
+    # Every message of the cut batch came back and was recognised as already stored: acked, not
+    # stored twice, nothing left in the queue.
+    assert c.counts["rejected"] == 0
+    assert stored_custom_ids(db_url) == names
+    assert queue_depth(rabbitmq_url, q) == 0
