@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from batch_pipeline.config import ConfigError, Settings, get_settings
+from batch_pipeline.config import ConfigError, Settings, exposure_error, get_settings, is_loopback
 from batch_pipeline.runtime.supervisor import STOP_SIGNALS, StopRequested, raise_on_stop_signals
 
 if TYPE_CHECKING:
@@ -110,7 +110,7 @@ def _supervise(settings: Settings, args: argparse.Namespace, env: dict[str, str]
                 env["SIMULATOR_DATA_DIR"] = str(settings.data_dir.resolve() / "simulator")
             sup.start("simulator", batchman_argv("simulator", "--host", "127.0.0.1"))
         sup.start("api", batchman_argv("api", "--host", args.host))
-        _start_dagster(sup, settings, env, dsn, args.host)
+        _start_dagster(sup, settings, env, dsn)
         if settings.rabbitmq_url and settings.rabbitmq_input_queue:
             sup.start("rabbitmq-consumer", batchman_argv("consumer"))
         log.info("intake API and UI on http://localhost:%s", settings.port)
@@ -118,7 +118,7 @@ def _supervise(settings: Settings, args: argparse.Namespace, env: dict[str, str]
         return sup.wait()
 
 
-def _start_dagster(sup: Supervisor, settings: Settings, env: dict[str, str], dsn: str, host: str) -> None:
+def _start_dagster(sup: Supervisor, settings: Settings, env: dict[str, str], dsn: str) -> None:
     """Dagster webserver and daemon, sharing one instance (DAGSTER_HOME) stored in Postgres."""
     import shutil
 
@@ -139,7 +139,10 @@ def _start_dagster(sup: Supervisor, settings: Settings, env: dict[str, str], dsn
     bin_dir = Path(sys.executable).parent
     sup.start(
         "dagster-webserver",
-        [str(bin_dir / "dagster-webserver"), "-h", host, "-p", str(settings.dagster_port), "-w", workspace],
+        [
+            str(bin_dir / "dagster-webserver"),
+            *("-h", settings.dagster_host, "-p", str(settings.dagster_port), "-w", workspace),
+        ],
     )
     sup.start("dagster-daemon", [str(bin_dir / "dagster-daemon"), "run", "-w", workspace])
 
@@ -165,11 +168,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="batchman", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     up = sub.add_parser("up", help="start everything (API, UI, simulator when no key, Dagster)")
-    up.add_argument("--host", default="0.0.0.0")
+    up.add_argument("--host", default=None, help="interface of the API (default HOST, 127.0.0.1)")
     up.set_defaults(func=cmd_up)
     sub.add_parser("migrate", help="apply pending database migrations").set_defaults(func=cmd_migrate)
     api = sub.add_parser("api", help="run the intake API (uvicorn)")
-    api.add_argument("--host", default="0.0.0.0")
+    api.add_argument("--host", default=None, help="interface to listen on (default HOST, 127.0.0.1)")
     api.add_argument("--workers", type=int, default=1)
     api.set_defaults(func=cmd_api)
     sub.add_parser("consumer", help="run the RabbitMQ intake consumer").set_defaults(func=cmd_consumer)
@@ -205,6 +208,13 @@ def _run(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"batchman: {exc}", file=sys.stderr)
         return 2
+    if args.command in SERVICES:
+        args.host = args.host or settings.host
+        if error := exposure_error(settings, args.host):
+            print(f"batchman: {error}", file=sys.stderr)
+            return 2
+        if not is_loopback(args.host) and settings.api_token is None:
+            log.warning("ALLOW_UNAUTHENTICATED: the API on %s answers anyone without a token", args.host)
     return args.func(settings, args)
 
 

@@ -8,6 +8,7 @@ A bad value fails at start with a message that names the variable.
 from __future__ import annotations
 
 import base64
+import ipaddress
 import re
 from functools import lru_cache
 from pathlib import Path
@@ -84,6 +85,11 @@ class Settings(BaseSettings):
     data_dir: Path = Path("./data")
     port: int = Field(4000, ge=1, le=65535)
     dagster_port: int = Field(3000, ge=1, le=65535)
+    # Loopback by default: whoever reaches the API can spend the OpenAI key and read every result, and
+    # whoever reaches the Dagster UI can launch runs. Exposing either is a decision (see SECURITY.md).
+    host: str = Field("127.0.0.1", min_length=1, description="Interface the API listens on.")
+    dagster_host: str = Field("127.0.0.1", min_length=1, description="Interface of the Dagster UI.")
+    allow_unauthenticated: bool = Field(False, description="Serve a non-loopback HOST without API_TOKEN.")
     # Dagster's own storage; unset: the embedded server's `dagster` database, or DATABASE_URL itself.
     dagster_database_url: str | None = None
     simulator_port: int = Field(4010, ge=1, le=65535)
@@ -258,6 +264,27 @@ class Settings(BaseSettings):
     @property
     def allowed_webhook_hosts(self) -> frozenset[str]:
         return frozenset(h.strip().lower() for h in self.webhook_allowed_hosts.split(",") if h.strip())
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` (an interface to listen on) is reachable from this machine only."""
+    if host.strip("[]").lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a name or 0.0.0.0-like wildcard: assume it is reachable from elsewhere
+
+
+def exposure_error(settings: Settings, host: str) -> str | None:
+    """Why the API may not listen on ``host`` with these settings, or None when it may."""
+    if is_loopback(host) or settings.api_token is not None or settings.allow_unauthenticated:
+        return None
+    return (
+        f"HOST={host} is reachable from other machines but API_TOKEN is not set: anyone reaching it "
+        "could spend your OpenAI key and read every result. Set API_TOKEN, or listen on 127.0.0.1, "
+        "or set ALLOW_UNAUTHENTICATED=true if something in front of it (a proxy) does the checking."
+    )
 
 
 def _mask_passwords(value: object) -> object:

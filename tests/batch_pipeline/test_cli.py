@@ -279,3 +279,34 @@ def test_a_deferred_stop_signal_arrives_after_the_block(restore_stop_handlers: N
             steps.append("finished")
         steps.append("after")
     assert steps == ["finished"]
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "::", "192.0.2.10", "api.internal"])
+def test_api_refuses_a_reachable_address_without_a_token(host: str, tmp_path: Path) -> None:
+    env = _service_env({"PORT": free_port()}, tmp_path / "data", None)
+    env.pop("API_TOKEN", None)
+    done = subprocess.run(
+        [str(BATCHMAN), "api", "--host", host],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2
+    assert f"HOST={host}" in done.stderr and "API_TOKEN" in done.stderr
+    assert not (tmp_path / "data" / "postgres").exists()  # refused before anything started
+
+
+def test_hosts_default_to_loopback_and_a_token_or_the_override_allows_others(tmp_path: Path) -> None:
+    from batch_pipeline.config import exposure_error, is_loopback
+    from tests.conftest import make_settings
+
+    settings = make_settings(tmp_path)
+    assert (settings.host, settings.dagster_host) == ("127.0.0.1", "127.0.0.1")
+    assert all(is_loopback(h) for h in ("127.0.0.1", "127.9.9.9", "::1", "[::1]", "localhost"))
+    assert not any(is_loopback(h) for h in ("0.0.0.0", "::", "10.0.0.1", "example.com"))
+    assert exposure_error(settings, "127.0.0.1") is None
+    assert "API_TOKEN" in (exposure_error(settings, "0.0.0.0") or "")
+    assert exposure_error(make_settings(tmp_path, api_token="t"), "0.0.0.0") is None
+    assert exposure_error(make_settings(tmp_path, allow_unauthenticated=True), "0.0.0.0") is None
