@@ -15,6 +15,7 @@ import batch_pipeline
 from batch_pipeline.config import Settings, get_settings
 from batch_pipeline.intake.service import IntakeService
 from intake_api.errors import install_error_handlers
+from intake_api.guard import Guard
 from intake_api.routes import batches, health, openai_webhook, requests
 from intake_api.routes import settings as settings_routes
 from intake_api.schemas import RequestInput
@@ -61,6 +62,8 @@ def create_app(settings: Settings | None = None, database_url: str | None = None
     app.state.settings = settings
     app.state.intake = IntakeService(settings)
     install_error_handlers(app)
+    # Token and size cap before any body is read (outermost, so nothing runs before it).
+    app.add_middleware(Guard, settings=settings)
     app.include_router(health.router)
     app.include_router(requests.router)
     app.include_router(batches.router)
