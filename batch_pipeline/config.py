@@ -12,9 +12,10 @@ import ipaddress
 import re
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from batch_pipeline.db import dagster_storage_url
@@ -75,6 +76,9 @@ class Settings(BaseSettings):
 
     # --- OpenAI ---------------------------------------------------------------------------------
     openai_api_key: SecretStr | None = Field(None, description="Unset: the built-in simulator is used.")
+    # auto: OpenAI with a key, the simulator without one. simulator: always (a key is never sent).
+    # openai: never the simulator, so a missing key stops the start instead of faking every result.
+    openai_mode: Literal["auto", "simulator", "openai"] = "auto"
     openai_base_url: str | None = Field(
         None, description="OpenAI-compatible base URL, e.g. a proxy or Azure."
     )
@@ -237,10 +241,17 @@ class Settings(BaseSettings):
             return f"http://127.0.0.1:{self.simulator_port}/v1"
         return "https://api.openai.com/v1"
 
+    @field_validator("openai_mode")
+    @classmethod
+    def _mode_has_its_key(cls, value: str, info: ValidationInfo) -> str:
+        if value == "openai" and info.data.get("openai_api_key") is None:
+            raise ValueError("OPENAI_MODE=openai needs OPENAI_API_KEY (unset it, or use auto or simulator)")
+        return value
+
     @property
     def simulator_mode(self) -> bool:
-        """True when no OpenAI key is configured: everything talks to the built-in simulator."""
-        return self.openai_api_key is None
+        """True when everything talks to the built-in simulator (OPENAI_MODE, else no key)."""
+        return self.openai_mode == "simulator" or (self.openai_mode == "auto" and self.openai_api_key is None)
 
     @field_validator("token_limit_backoff_minutes")
     @classmethod

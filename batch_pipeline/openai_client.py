@@ -45,7 +45,8 @@ def client_options(
     settings: Settings, timeout: float = PIPELINE_TIMEOUT_SECONDS, max_retries: int = PIPELINE_MAX_RETRIES
 ) -> dict[str, Any]:
     """Keyword arguments for ``openai.OpenAI`` or ``openai.AsyncOpenAI``: OpenAI or the simulator."""
-    key = settings.openai_api_key.get_secret_value() if settings.openai_api_key else SIM_KEY_PLACEHOLDER
+    real = settings.openai_api_key is not None and not settings.simulator_mode
+    key = settings.openai_api_key.get_secret_value() if real else SIM_KEY_PLACEHOLDER
     return {
         "base_url": settings.openai_client_base_url,
         "api_key": key,

@@ -233,3 +233,22 @@ def test_a_claim_lease_shorter_than_two_slow_chunks_is_refused(monkeypatch: pyte
         settings()
     monkeypatch.setenv("DELIVERY_CLAIM_LEASE_SECONDS", "3210")
     assert settings().delivery_claim_lease_seconds == 3210
+
+
+def test_openai_mode_openai_without_a_key_stops_the_start(tmp_path) -> None:
+    with pytest.raises(ConfigError, match=r"OPENAI_MODE: .*needs OPENAI_API_KEY"):
+        load_settings(_env_file=None, data_dir=tmp_path, openai_api_key=None, openai_mode="openai")
+
+
+def test_openai_mode_simulator_never_sends_the_key(tmp_path) -> None:
+    from batch_pipeline import openai_client as oai
+
+    settings = load_settings(
+        _env_file=None, data_dir=tmp_path, openai_api_key="sk-real", openai_mode="simulator"
+    )
+    assert settings.simulator_mode
+    options = oai.client_options(settings)
+    assert options["api_key"] == oai.SIM_KEY_PLACEHOLDER
+    assert options["base_url"] == f"http://127.0.0.1:{settings.simulator_port}/v1"
+    auto = load_settings(_env_file=None, data_dir=tmp_path, openai_api_key="sk-real")
+    assert not auto.simulator_mode and oai.client_options(auto)["api_key"] == "sk-real"
