@@ -57,6 +57,7 @@ BATCH_TRANSITIONS = frozenset(
         ("uploaded", "waiting_for_capacity"),
         *((s, "openai_processing") for s in CREATABLE),
         *((s, "openai_completed") for s in BEFORE_OPENAI),  # refused for good: failed like at OpenAI
+        *((s, "waiting_for_capacity") for s in BEFORE_OPENAI),  # our API key refused: wait for a fix
         *((s, "resubmitted") for s in BEFORE_OPENAI),  # nothing left to send
         *((s, "cancelled") for s in BEFORE_OPENAI),
         ("openai_processing", "cancelling"),
@@ -70,6 +71,9 @@ BATCH_TRANSITIONS = frozenset(
         ("failed", "resubmitted"),  # restart: its requests go back to the queue
     }
 )
+
+# Why a batch waits in 'waiting_for_capacity' while OpenAI refuses our API key (401/403).
+WAITING_FOR_CREDENTIALS = "openai_unauthorized"
 
 # --- requests -----------------------------------------------------------------------------------------
 

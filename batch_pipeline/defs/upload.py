@@ -7,7 +7,7 @@ from batch_pipeline import openai_client as oai
 from batch_pipeline.defs.partitions import batch_partitions
 from batch_pipeline.defs.resources import OpenAIParam, PostgresParam, SettingsParam
 from batch_pipeline.model_limits import token_limit_for
-from batch_pipeline.stages.upload import fail_batch, submit_batch
+from batch_pipeline.stages.upload import fail_batch, submit_batch, wait_for_credentials
 from batch_pipeline.store.batching import BatchLimits
 from batch_pipeline.store.model_limits import fetch_overrides_sync
 
@@ -40,8 +40,13 @@ def submit_to_openai(
     except Exception as exc:
         if oai.is_transient(exc):
             raise
+        if isinstance(exc, openai_sdk.APIStatusError) and exc.status_code in (401, 403):
+            code, message = oai.refusal(exc)
+            wait_for_credentials(postgres.connect, batch_id, f"{message} (check OPENAI_API_KEY)")
+            context.log.error("batch %s waits: OpenAI refused the API key: %s", batch_id, message)
+            return dg.Output("waiting_for_credentials", metadata={"error": message})
         if isinstance(exc, openai_sdk.APIStatusError):
-            # Permanent (400/401/403/404): retrying cannot help. Every request of the batch gets
+            # Permanent (400/404/422): retrying cannot help. Every request of the batch gets
             # OpenAI's message as its (delivered) error line.
             code, message = oai.refusal(exc)
             fail_batch(postgres.connect, batch_id, message, code)

@@ -30,10 +30,10 @@ from batch_pipeline import openai_client as oai
 from batch_pipeline.config import DEFAULT_BATCH_MAX_BYTES
 from batch_pipeline.db import Connect
 from batch_pipeline.stages.create import SubmitResult, create_batch
-from batch_pipeline.states import BEFORE_OPENAI
+from batch_pipeline.states import BEFORE_OPENAI, WAITING_FOR_CREDENTIALS
 from batch_pipeline.store import batches as store
 from batch_pipeline.store.batching import BatchLimits, fill_batch
-from batch_pipeline.store.transitions import transition
+from batch_pipeline.store.transitions import FromNow, transition
 
 log = logging.getLogger(__name__)
 
@@ -168,4 +168,26 @@ def fail_batch(connect: Connect, batch_id: int, message: str, code: str = "batch
         )
         if moved is not None:
             store.requests_to_processing(conn, batch_id)
+        conn.commit()
+
+
+# How often a batch whose upload OpenAI refused with 401/403 tries again.
+CREDENTIALS_RECHECK_MINUTES = 5
+
+
+def wait_for_credentials(connect: Connect, batch_id: int, message: str) -> None:
+    """OpenAI refused our API key (401/403): the batch is fine, the configuration is not. It waits and
+    is tried again every few minutes instead of failing its requests; ``/health/ready`` reports it."""
+    with connect() as conn:
+        transition(
+            conn,
+            batch_id,
+            BEFORE_OPENAI,
+            "waiting_for_capacity",
+            message[:2000],
+            openai_status=None,  # the call was refused: nothing is in flight
+            capacity_wait_reason=WAITING_FOR_CREDENTIALS,
+            waiting_since=sql.SQL("coalesce(waiting_since, now())"),
+            next_check_at=FromNow(minutes=CREDENTIALS_RECHECK_MINUTES),
+        )
         conn.commit()

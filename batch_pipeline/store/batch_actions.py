@@ -177,3 +177,15 @@ async def delete_finished(conn: psycopg.AsyncConnection, batch_id: int) -> bool:
     """Delete the batch if it is finished (``states.FINISHED``); False when it is not (or is gone)."""
     cur = await conn.execute(DELETE_FINISHED, (batch_id, list(FINISHED)))
     return cur.rowcount > 0
+
+
+WAITING_FOR = """
+SELECT count(*) AS n FROM batchman.batches
+WHERE state = 'waiting_for_capacity' AND capacity_wait_reason = %s
+"""
+
+
+async def count_waiting_for(conn: psycopg.AsyncConnection, reason: str) -> int:
+    """Batches waiting for capacity for ``reason`` (e.g. ``states.WAITING_FOR_CREDENTIALS``)."""
+    row = await _one(conn, WAITING_FOR, (reason,))
+    return row["n"] if row else 0

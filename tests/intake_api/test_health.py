@@ -27,7 +27,7 @@ def test_health_reports_simulator_false_with_an_openai_key(tmp_path: Path, share
 def test_ready_answers_200_when_postgres_answers(shared_client: httpx.Client) -> None:
     resp = shared_client.get("/health/ready")
     assert resp.status_code == 200, resp.text
-    assert resp.json() == {"status": "ok", "checks": {"postgres": "ok"}}
+    assert resp.json() == {"status": "ok", "checks": {"postgres": "ok", "openai": "ok"}}
 
 
 def test_ready_answers_503_when_the_database_is_gone(tmp_path: Path, db_url: str, pg_server_url: str) -> None:
@@ -55,4 +55,17 @@ def test_health_needs_no_token(tmp_path: Path, shared_api: SharedApi) -> None:
         assert c.get("/health").status_code == 200
         ready = c.get("/health/ready")
         assert ready.status_code == 200
-        assert ready.json()["checks"] == {"postgres": "ok"}
+        assert ready.json()["checks"] == {"postgres": "ok", "openai": "ok"}
+
+
+def test_ready_answers_503_while_openai_refuses_the_key(tmp_path: Path, db_url: str) -> None:
+    with psycopg.connect(db_url) as conn:
+        conn.execute(
+            "INSERT INTO batchman.batches (endpoint, model, state, capacity_wait_reason)"
+            " VALUES ('/v1/responses', 'gpt-4o-mini', 'waiting_for_capacity', 'openai_unauthorized')"
+        )
+    with serve(tmp_path, db_url) as c:
+        resp = c.get("/health/ready")
+    assert resp.status_code == 503, resp.text
+    assert resp.json()["checks"]["postgres"] == "ok"
+    assert resp.json()["checks"]["openai"].startswith("error: OpenAI refused the API key; 1 batches wait")

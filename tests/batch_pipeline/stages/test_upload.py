@@ -314,3 +314,50 @@ def test_two_upload_runs_of_one_batch_at_once_create_one_batch_from_one_upload(
     assert sim.stats()["files_uploaded"] == 1
     assert len(reasons(query, batch_id, "openai_processing")) == 1
     assert query("SELECT DISTINCT state FROM batchman.requests") == [{"state": "openai_processing"}]
+
+
+@pytest.mark.parametrize("status", [401, 403])
+def test_a_refused_api_key_makes_the_batch_wait_instead_of_failing_its_requests(
+    status: int, settings_factory, db_url: str, query, add_requests, open_batch
+) -> None:
+    import json
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class Refusing(BaseHTTPRequestHandler):
+        """OpenAI as it answers a revoked or wrong key: every call refused."""
+
+        def _refuse(self) -> None:
+            body = json.dumps({"error": {"message": "Incorrect API key provided", "code": "invalid_api_key"}})
+            self.send_response(status)
+            self.send_header("content-type", "application/json")
+            self.send_header("content-length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body.encode())
+
+        do_GET = do_POST = _refuse
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Refusing)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        add_requests(2)
+        batch_id = open_batch()
+        base_url = f"http://127.0.0.1:{server.server_address[1]}/v1"
+        settings = settings_factory(
+            database_url=db_url, openai_base_url=base_url, openai_api_key="sk-revoked"
+        )
+        result = run_upload_op(settings, db_url, batch_id)
+    finally:
+        server.shutdown()
+
+    assert result.success and result.output_for_node("submit_to_openai") == "waiting_for_credentials"
+    row = batch_row(query, batch_id)
+    assert (row["state"], row["capacity_wait_reason"]) == ("waiting_for_capacity", "openai_unauthorized")
+    assert row["next_check_at"] is not None and row["error_msg"] is None
+    # Its requests are untouched: they go out once the key is fixed.
+    assert {r["state"] for r in query("SELECT state FROM batchman.requests")} == {"pending"}
+    (moved,) = query("SELECT reason FROM batchman.batch_transitions WHERE to_state = 'waiting_for_capacity'")
+    assert f"OpenAI {status}: Incorrect API key provided" in moved["reason"]
