@@ -87,9 +87,36 @@ def cmd_simulator(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def check_openai_key(settings: Settings) -> str | None:
+    """One cheap authenticated call at start (list one file): a wrong or revoked key is said at once,
+    loudly, instead of when the first batch is refused. Returns the problem, or None. Never stops the
+    start: OpenAI may be down for a moment, and batches wait for a refused key anyway."""
+    if settings.simulator_mode:
+        return None
+    import openai
+
+    from batch_pipeline import openai_client as oai
+
+    try:
+        with openai.OpenAI(**oai.client_options(settings, timeout=10.0, max_retries=0)) as client:
+            client.files.list(limit=1)
+    except openai.APIStatusError as exc:
+        if exc.status_code in (401, 403):
+            problem = (
+                f"OpenAI refused OPENAI_API_KEY ({oai.refusal(exc)[1]}): batches will wait until it is fixed"
+            )
+            log.error(problem)
+            return problem
+        log.warning("OpenAI answered the start-up check with %s; carrying on", exc.status_code)
+    except openai.APIError as exc:
+        log.warning("OpenAI could not be reached at start-up (%s); carrying on", exc)
+    return None
+
+
 def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
     from batch_pipeline.store.migrate import migrate
 
+    check_openai_key(settings)
     with database(settings) as dsn:
         migrate(dsn)
         env = {**os.environ, "DATABASE_URL": dsn}

@@ -310,3 +310,47 @@ def test_hosts_default_to_loopback_and_a_token_or_the_override_allows_others(tmp
     assert "API_TOKEN" in (exposure_error(settings, "0.0.0.0") or "")
     assert exposure_error(make_settings(tmp_path, api_token="t"), "0.0.0.0") is None
     assert exposure_error(make_settings(tmp_path, allow_unauthenticated=True), "0.0.0.0") is None
+
+
+@pytest.mark.parametrize(("status", "refused"), [(401, True), (403, True), (500, False), (200, False)])
+def test_the_start_up_check_says_a_refused_key_at_once(
+    status: int, refused: bool, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    import json
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from tests.conftest import make_settings
+
+    seen: list[str] = []
+
+    class OpenAI(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            seen.append(self.headers.get("authorization", ""))
+            body = {"object": "list", "data": [], "has_more": False}
+            if status != 200:
+                body = {"error": {"message": "Incorrect API key provided", "code": "invalid_api_key"}}
+            raw = json.dumps(body).encode()
+            self.send_response(status)
+            self.send_header("content-type", "application/json")
+            self.send_header("content-length", str(len(raw)))
+            self.end_headers()
+            self.wfile.write(raw)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), OpenAI)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        base_url = f"http://127.0.0.1:{server.server_address[1]}/v1"
+        settings = make_settings(tmp_path, openai_api_key="sk-checked", openai_base_url=base_url)
+        problem = cli.check_openai_key(settings)
+        assert cli.check_openai_key(make_settings(tmp_path)) is None  # the simulator: nothing to check
+    finally:
+        server.shutdown()
+    assert seen == ["Bearer sk-checked"]  # one call, with the key, and none on the simulator
+    assert (problem is not None) == refused
+    if refused:
+        assert "OPENAI_API_KEY" in problem and "Incorrect API key provided" in problem
+        assert "sk-checked" not in caplog.text
