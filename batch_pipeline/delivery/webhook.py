@@ -31,8 +31,8 @@ from batch_pipeline.states import (
     SUCCESS,
     TIMEOUT,
 )
-from batch_pipeline.store.records import Attempt, Delivery, truncate
-from batch_pipeline.url_policy import BlockedByPolicy, EgressPolicy
+from batch_pipeline.store.records import Attempt, Delivery, truncate, truncate_bytes
+from batch_pipeline.url_policy import BlockedByPolicy, EgressPolicy, literal_address
 
 # Statuses worth retrying: the receiver is overloaded, restarting or asks us to slow down.
 TRANSIENT_STATUSES = frozenset({408, 425, 429}) | frozenset(range(500, 600))
@@ -129,12 +129,10 @@ class WebhookSender:
         cached = self._targets.get(webhook_url)
         if cached is None:
             url = URL(webhook_url)
-            try:
-                reason = self.options.policy.address_reason(
-                    ipaddress.ip_address((url.host or "").strip("[]"))
-                )
-            except ValueError:
-                reason = None
+            # 127.1, 0177.0.0.1, 2130706433 are 127.0.0.1 too (aiohttp refuses them as not canonical,
+            # which was recorded as a retried ``other``): vetted here as the address they stand for.
+            ip = literal_address(url.host or "")
+            reason = self.options.policy.address_reason(ip) if ip is not None else None
             if len(self._targets) > 10_000:
                 self._targets.clear()
             cached = self._targets[webhook_url] = (url, reason)
@@ -171,7 +169,7 @@ class WebhookSender:
                     outcome,
                     transient,
                     http_status=resp.status,
-                    error=truncate(text),
+                    error=truncate_bytes(text),  # the receiver's words: MAX_REPLY_BYTES at most
                     retry_after=parse_retry_after(resp.headers.get("retry-after")),
                 )
         except aiohttp.ClientConnectorDNSError as exc:
@@ -188,6 +186,8 @@ class WebhookSender:
             )
         except (aiohttp.ClientConnectionError, OSError) as exc:
             return done(CONNECTION_ERROR, True, error=truncate(f"{type(exc).__name__}: {exc}"))
+        except aiohttp.InvalidURL as exc:  # e.g. a host aiohttp will not connect to: no retry helps
+            return done(OTHER, False, error=truncate(f"{type(exc).__name__}: {exc}"))
         except aiohttp.ClientError as exc:
             return done(OTHER, True, error=truncate(f"{type(exc).__name__}: {exc}"))
         except ValueError as exc:  # e.g. a header or URL aiohttp refuses

@@ -24,6 +24,7 @@ from batch_pipeline.intake.validation import (
     MAX_BODY_DEPTH,
     MODEL_MAX_BYTES,
     QUEUE_NAME_MAX_BYTES,
+    WEBHOOK_URL_MAX_BYTES,
     Limits,
     NewRequest,
     UrlPolicy,
@@ -114,7 +115,15 @@ def fast_validate(raw: bytes, limits: Limits, url_policy: UrlPolicy | None = Non
     ):
         return None
     if isinstance(cfg, _Webhook):
-        if not is_http_url(cfg.webhook_url) or (url_policy and url_policy(cfg.webhook_url)):
+        webhook_url = cfg.webhook_url
+        if (
+            (
+                len(webhook_url) > WEBHOOK_URL_MAX_BYTES // 4
+                and len(webhook_url.encode()) > WEBHOOK_URL_MAX_BYTES
+            )
+            or not is_http_url(webhook_url)
+            or (url_policy and url_policy(webhook_url))
+        ):
             return None
         delivery = {"type": "webhook", "webhook_url": cfg.webhook_url}
     else:

@@ -1,7 +1,9 @@
 """RabbitMQ intake: consume ``RABBITMQ_INPUT_QUEUE``, store each message as ``POST /api/requests`` would.
 
-Same validation and store as HTTP (``IntakeService.submit_bulk``), in batches of up to
-``RABBITMQ_INTAKE_BATCH_SIZE`` messages with ``RABBITMQ_INTAKE_PREFETCH`` unacked in flight.
+Same validation and store as HTTP (``IntakeService.submit_bulk`` on the raw message bytes: the fast
+path, then orjson, exactly as the bulk route, so NaN, 1e999 or a lone surrogate are refused alike), in
+batches of up to ``RABBITMQ_INTAKE_BATCH_SIZE`` messages with ``RABBITMQ_INTAKE_PREFETCH`` unacked in
+flight. A message over ``INTAKE_MAX_BODY_BYTES`` is rejected at once, without being decoded.
 Decisions, per message, only after the batch is committed:
 - stored, or a duplicate custom_id → ack (duplicates are logged);
 - not JSON, invalid, too large → ``basic_reject(requeue=False)`` with the reason logged; the broker
@@ -19,7 +21,6 @@ SIGTERM/SIGINT stop cleanly: the batch in hand is finished, unacked prefetched m
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import signal
 import threading
@@ -31,7 +32,7 @@ import pika.exceptions
 import psycopg
 
 from batch_pipeline.config import Settings, get_settings
-from batch_pipeline.intake.service import IntakeService, Outcome, Undecodable
+from batch_pipeline.intake.service import IntakeService, Outcome
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +76,7 @@ class IntakeConsumer:
         self.dsn = dsn
         self.prefetch = settings.rabbitmq_intake_prefetch
         self.batch_size = settings.rabbitmq_intake_batch_size
+        self.max_body_bytes = settings.intake_max_body_bytes
         self.intake = IntakeService(settings)
         self.counts = {"accepted": 0, "duplicate": 0, "rejected": 0, "requeued": 0}
         self._stop = threading.Event()
@@ -90,7 +92,7 @@ class IntakeConsumer:
 
     # --- the database side ---------------------------------------------------------------------------
 
-    async def _submit(self, objs: list[object]) -> list[Outcome]:
+    async def _submit(self, objs: list[bytes]) -> list[Outcome]:
         if self._db is None or self._db.closed:
             self._db = await psycopg.AsyncConnection.connect(self.dsn, connect_timeout=5)
         try:
@@ -105,14 +107,29 @@ class IntakeConsumer:
     def _handle(
         self, channel: pika.adapters.blocking_connection.BlockingChannel, batch: Sequence[Message]
     ) -> None:
-        objs: list[object] = []
+        # Too large for POST /api/requests, so too large here: rejected unread (never decoded).
+        kept: list[Message] = []
         for m in batch:
-            try:
-                objs.append(json.loads(m.body))
-            except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-                objs.append(Undecodable(f"message body is not JSON: {exc}"))
+            if len(m.body) > self.max_body_bytes:
+                log.warning(
+                    "rejected message %d: %d bytes, over INTAKE_MAX_BODY_BYTES (%d)",
+                    m.tag,
+                    len(m.body),
+                    self.max_body_bytes,
+                )
+                channel.basic_reject(m.tag, requeue=False)
+                self.counts["rejected"] += 1
+            else:
+                kept.append(m)
+        if kept:
+            self._handle_decodable(channel, kept)
+
+    def _handle_decodable(
+        self, channel: pika.adapters.blocking_connection.BlockingChannel, batch: Sequence[Message]
+    ) -> None:
         try:
-            outcomes = self._runner.run(self._submit(objs))
+            # Raw bytes, as the bulk route passes its items: IntakeService.check decodes them.
+            outcomes = self._runner.run(self._submit([m.body for m in batch]))
         except Exception as exc:
             if not database_unavailable(exc):
                 self._isolate(channel, batch)
@@ -152,11 +169,11 @@ class IntakeConsumer:
     ) -> None:
         # A bug or a row the database refuses, not bad input we know of: find the message that causes
         # it and reject only that one, so it cannot block the queue or loop forever. (Called from the
-        # except clause of ``_handle``: log.exception logs what failed.)
+        # except clause of ``_handle_decodable``: log.exception logs what failed.)
         if len(batch) > 1:
             log.exception("intake batch failed; retrying its %d messages one by one", len(batch))
             for m in batch:
-                self._handle(channel, [m])
+                self._handle_decodable(channel, [m])
         else:
             log.exception("rejecting message %d: intake failed on it", batch[0].tag)
             channel.basic_reject(batch[0].tag, requeue=False)

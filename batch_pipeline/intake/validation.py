@@ -33,6 +33,9 @@ MAX_BODY_DEPTH = 128
 # The model is a key of the index the batching sensor scans (endpoint, model, id), whose rows hold at
 # most 2,704 bytes; real model names are a few dozen characters.
 MODEL_MAX_BYTES = 256
+# The webhook URL is copied into the request row and every delivery attempt; real ones are short, and
+# 2,048 bytes (UTF-8) is what browsers and proxies commonly accept.
+WEBHOOK_URL_MAX_BYTES = 2048
 
 
 @dataclass(frozen=True)
@@ -71,7 +74,14 @@ def _delivery_errors(cfg: Any, pointer: str, url_policy: UrlPolicy | None) -> li
         url = cfg.get("webhook_url")
         if not isinstance(url, str) or not url:
             return [*errs, error("webhook_url is required and must be a string", f"{pointer}/webhook_url")]
-        if not is_http_url(url):
+        # Before any parsing (and the URL caches): a huge URL is refused on its length alone.
+        if len(url) > WEBHOOK_URL_MAX_BYTES // 4 and (
+            len(url.encode("utf-8", "surrogatepass")) > WEBHOOK_URL_MAX_BYTES
+        ):
+            errs.append(
+                error(f"webhook_url must be at most {WEBHOOK_URL_MAX_BYTES} bytes", f"{pointer}/webhook_url")
+            )
+        elif not is_http_url(url):
             errs.append(
                 error("webhook_url must be an http or https URL with a host", f"{pointer}/webhook_url")
             )

@@ -27,8 +27,11 @@ class NewRequest(msgspec.Struct, gc=False):
     input_count: int = 1  # embedding inputs; OpenAI caps them per batch
 
 
-# Stored error texts (response bodies, exception messages) are cut to this many characters.
+# Stored error texts of our own making (exception messages) are cut to this many characters.
 MAX_ERROR_CHARS = 2000
+# What a receiver answered with a failure is stored with the attempt, cut to this many UTF-8 bytes (the
+# receiver decides its size: 2,000 characters of it could be 8 KB in every attempt row).
+MAX_REPLY_BYTES = 512
 
 
 def idempotency_key(request_id: int) -> str:
@@ -77,3 +80,18 @@ def truncate(text: str | None) -> str | None:
     if text is None or len(text) <= MAX_ERROR_CHARS:
         return text
     return text[:MAX_ERROR_CHARS] + "…"
+
+
+def truncate_bytes(text: str, max_bytes: int = MAX_REPLY_BYTES) -> str:
+    """``text`` in at most ``max_bytes`` UTF-8 bytes, "…" included when cut, never splitting a character.
+
+    NUL becomes U+FFFD: Postgres text cannot hold it, and a receiver may answer with anything.
+    """
+    text = text.replace("\x00", "\ufffd")
+    if len(text) * 4 <= max_bytes:  # cannot be over, whatever the characters
+        return text
+    encoded = text.encode("utf-8", "surrogatepass")
+    if len(encoded) <= max_bytes:
+        return text
+    # Cut, then drop the partial character at the end (the rest is valid UTF-8, so only that goes).
+    return encoded[: max_bytes - len("…".encode())].decode("utf-8", "ignore") + "…"

@@ -24,6 +24,8 @@ router = APIRouter(prefix="/api/openai", tags=["openai"])
 
 # OpenAI's events are thin ({"id", "type", "data": {"id"}}); anything bigger is not from OpenAI.
 MAX_EVENT_BYTES = 64 * 1024
+# The Standard Webhooks headers: id, seconds and base64 signatures, all ASCII when OpenAI sends them.
+SIGNATURE_HEADERS = ("webhook-id", "webhook-timestamp", "webhook-signature")
 
 
 @lru_cache(maxsize=1)
@@ -63,6 +65,11 @@ async def openai_webhook(request: Request, pool: PoolDep, settings: SettingsDep)
         )
     raw = await read_limited(request, MAX_EVENT_BYTES)
     headers = dict(request.headers)
+    for name in SIGNATURE_HEADERS:
+        # Starlette decodes header bytes as Latin-1; the SDK's hmac.compare_digest raises TypeError
+        # (a 500) on a non-ASCII str, so such a header is refused here, before the verifier sees it.
+        if not headers.get(name, "").isascii():
+            raise ApiError(400, "invalid_signature", "Invalid Signature", f"The {name} header is not ASCII.")
     try:
         _webhooks().verify_signature(raw, headers, secret=settings.openai_webhook_secret.get_secret_value())
     except ValueError as exc:  # InvalidWebhookSignatureError, or a webhook-* header missing

@@ -132,3 +132,14 @@ def test_off_without_a_secret(tmp_path: Path, db_url: str) -> None:
         assert_error(c.post("/api/openai/webhook", **signed(batch_event("b"), "wh_1")), 404, "not_found")
         responses = c.get("/api/openapi").json()["paths"]["/api/openai/webhook"]["post"]["responses"]
     assert {"200", "400", "404", "413"} <= set(responses)
+
+
+@pytest.mark.parametrize("header", ["webhook-signature", "webhook-id", "webhook-timestamp"])
+def test_non_ascii_signature_headers_are_400_not_500(client, db_url: str, header: str) -> None:
+    good = signed(batch_event("batch_abc"), "wh_1")
+    # Raw header bytes (httpx would refuse to encode a non-ASCII str): "v1,é" in UTF-8.
+    headers = [(k.encode(), v.encode()) for k, v in good["headers"].items() if k != header]
+    headers.append((header.encode(), "v1,é".encode()))
+    resp = client.post("/api/openai/webhook", content=good["content"], headers=headers)
+    assert_error(resp, 400, "invalid_signature")
+    assert query(db_url, "SELECT * FROM batchman.openai_webhook_events") == []

@@ -534,6 +534,51 @@ def test_model_of_256_bytes_is_accepted(shared_client: httpx.Client, shared_api:
     assert row is not None and row["model"] == "é" * 128
 
 
+@pytest.mark.parametrize("char", ["x", "é"], ids=["ascii", "two-byte"])
+def test_webhook_url_of_2048_bytes_is_accepted_and_2049_refused(
+    shared_client: httpx.Client, shared_api: SharedApi, char: str
+) -> None:
+    def url_of(size: int) -> str:
+        url = "https://hooks.example.com/" + char * ((size - 26) // len(char.encode()))
+        url += "x" * (size - len(url.encode()))
+        assert len(url.encode()) == size
+        return url
+
+    ok = valid_request(f"hook-2048-{char}", delivery_config={"type": "webhook", "webhook_url": url_of(2048)})
+    assert shared_client.post("/api/requests", json=ok).status_code == 202
+    row = fetch_row(shared_api.db_url, f"hook-2048-{char}")
+    assert row is not None and row["delivery_config"]["webhook_url"] == url_of(2048)
+
+    over = valid_request(
+        f"hook-2049-{char}", delivery_config={"type": "webhook", "webhook_url": url_of(2049)}
+    )
+    errors = assert_error(
+        shared_client.post("/api/requests", json=over), 422, "validation_error", WEBHOOK_POINTER
+    )
+    assert "2048 bytes" in errors[0]["detail"]
+    assert fetch_row(shared_api.db_url, f"hook-2049-{char}") is None
+
+
+def test_webhook_urls_to_loopback_in_any_address_form_answer_422_when_blocking(
+    tmp_path: Path, db_url: str
+) -> None:
+    hosts = [
+        "127.1", "0177.0.0.1", "2130706433", "0x7f.1", "127.0.0.1.",
+        "[64:ff9b:1::7f00:1]", "[2002:7f00:1::]", "[::127.0.0.1]",
+    ]  # fmt: skip
+    with serve(tmp_path, db_url, webhook_block_private_networks=True) as c:
+        for i, host in enumerate(hosts):
+            cfg = {"type": "webhook", "webhook_url": f"http://{host}:8080/hook"}
+            resp = c.post("/api/requests", json=valid_request(f"ssrf-{i}", delivery_config=cfg))
+            errors = assert_error(resp, 422, "webhook_url_not_allowed", WEBHOOK_POINTER)
+            assert "127.0.0.1" in errors[0]["detail"], (host, errors)
+        public = {"type": "webhook", "webhook_url": "https://hooks.example.com/h"}
+        assert (
+            c.post("/api/requests", json=valid_request("ssrf-ok", delivery_config=public)).status_code == 202
+        )
+    assert count_rows(db_url) == 1
+
+
 @pytest.mark.parametrize(
     "raw",
     [b"", b"{", b'{"custom_id": "x",}', b"not json", b"\xff\xfe\x00", b"{'custom_id': 'x'}", b"NaN-ish"],

@@ -9,6 +9,7 @@ import pytest
 from batch_pipeline.intake.fast_decode import fast_validate
 from batch_pipeline.intake.validation import (
     MAX_BODY_DEPTH,
+    WEBHOOK_URL_MAX_BYTES,
     Limits,
     NewRequest,
     RequestTooLarge,
@@ -16,6 +17,15 @@ from batch_pipeline.intake.validation import (
 )
 
 LIMITS = Limits(custom_id_max_length=20, batch_max_bytes=4096)
+
+
+def webhook_url_of(size: int, char: str = "x") -> str:
+    """An http URL of exactly ``size`` bytes in UTF-8 (``char`` one or two bytes), padded with x."""
+    prefix = "https://h.example/"
+    count = (size - len(prefix)) // len(char.encode())
+    url = prefix + char * count
+    return url + "x" * (size - len(url.encode()))
+
 
 BASE = {
     "custom_id": "c1",
@@ -49,6 +59,10 @@ VARIANTS = [
     {"delivery_config": {"type": "webhook", "webhook_url": "http://h:0/x"}},
     {"delivery_config": {"type": "webhook", "webhook_url": "http://h:65535/x"}},
     {"delivery_config": {"type": "webhook"}},
+    {"delivery_config": {"type": "webhook", "webhook_url": webhook_url_of(WEBHOOK_URL_MAX_BYTES)}},
+    {"delivery_config": {"type": "webhook", "webhook_url": webhook_url_of(WEBHOOK_URL_MAX_BYTES + 1)}},
+    {"delivery_config": {"type": "webhook", "webhook_url": webhook_url_of(WEBHOOK_URL_MAX_BYTES, "é")}},
+    {"delivery_config": {"type": "webhook", "webhook_url": webhook_url_of(WEBHOOK_URL_MAX_BYTES + 1, "é")}},
     {"delivery_config": {"type": "webhook", "webhook_url": "http://h/x", "extra": 1}},
     {"delivery_config": {"type": "rabbitmq", "rabbitmq_queue": "q"}},
     {"delivery_config": {"type": "rabbitmq", "rabbitmq_queue": " "}},
@@ -161,3 +175,29 @@ def slow_with(line: dict, limits: Limits) -> NewRequest:
     result = validate_request(obj, limits)
     assert isinstance(result, NewRequest)
     return result
+
+
+@pytest.mark.parametrize("char", ["x", "é"])
+def test_webhook_urls_over_2048_bytes_are_refused_on_both_paths(char: str) -> None:
+    def with_url(size: int) -> dict:
+        return {**BASE, "delivery_config": {"type": "webhook", "webhook_url": webhook_url_of(size, char)}}
+
+    at_limit = with_url(WEBHOOK_URL_MAX_BYTES)
+    assert len(at_limit["delivery_config"]["webhook_url"].encode()) == WEBHOOK_URL_MAX_BYTES
+    assert fast_validate(json.dumps(at_limit, ensure_ascii=False).encode(), LIMITS) is not None
+    assert slow(at_limit) is not None
+
+    over = with_url(WEBHOOK_URL_MAX_BYTES + 1)
+    assert fast_validate(json.dumps(over, ensure_ascii=False).encode(), LIMITS) is None
+    errors = validate_request(over, LIMITS)
+    assert isinstance(errors, list)
+    assert [(e["code"], e["source"]["pointer"]) for e in errors] == [
+        ("validation_error", "/delivery_config/webhook_url")
+    ]
+    assert "2048 bytes" in errors[0]["detail"]
+    # Huge URLs are refused before any parsing, and a bulk item's pointer starts with its index.
+    huge = {**BASE, "delivery_config": {"type": "webhook", "webhook_url": "https://h.example/" + "x" * 10**7}}
+    assert fast_validate(json.dumps(huge).encode(), LIMITS) is None
+    errors = validate_request(huge, LIMITS, "/3")
+    assert isinstance(errors, list)
+    assert [e["source"]["pointer"] for e in errors] == ["/3/delivery_config/webhook_url"]

@@ -311,3 +311,47 @@ def test_connection_cut_after_commit_before_ack_redelivers_duplicates_and_loses_
     assert c.counts["rejected"] == 0
     assert stored_custom_ids(db_url) == names
     assert queue_depth(rabbitmq_url, q) == 0
+
+
+@pytest.mark.rabbitmq
+def test_messages_http_refuses_are_rejected_unstored_and_good_ones_beside_them_stored(
+    tmp_path, db_url, rabbitmq_url, queues, monkeypatch, caplog
+) -> None:
+    # The consumer decodes as POST /api/requests does (fast path, then orjson), and applies its size
+    # limit: json.loads took NaN, Infinity and 1e999 (stored as null) and a lone surrogate (which then
+    # failed deep in validation), and any size.
+    fill_batches(monkeypatch)
+    max_bytes = 4096
+    dlq = queues("dlq")
+    q = queues("in", {"x-dead-letter-exchange": "", "x-dead-letter-routing-key": dlq})
+
+    def with_body(custom_id: str, value: str) -> bytes:
+        text = json.dumps(valid_request(custom_id, body={"model": "m", "input": "hi", "x": "VALUE"}))
+        return text.replace('"VALUE"', value).encode()
+
+    def padded(custom_id: str, size: int) -> bytes:
+        raw = json.dumps(valid_request(custom_id, body={"model": "m", "input": ""})).encode()
+        raw = raw.replace(b'"input": ""', b'"input": "' + b"x" * (size - len(raw)) + b'"')
+        assert len(raw) == size
+        return raw
+
+    bad = {
+        "nan": with_body("mq-nan", "NaN"),
+        "infinity": with_body("mq-inf", "-Infinity"),
+        "huge-number": with_body("mq-1e999", "1e999"),
+        "lone-surrogate": with_body("mq-surrogate", '"\\ud800"'),
+        "oversize": padded("mq-oversize", max_bytes + 1),
+    }
+    good = [json.dumps(valid_request("mq-good-1")).encode(), padded("mq-good-at-limit", max_bytes)]
+    bodies = [good[0], *bad.values(), good[1]]
+    publish(rabbitmq_url, q, bodies)
+    caplog.set_level(logging.INFO, logger="batch_pipeline.intake.rabbitmq")
+    with running(consumer_for(tmp_path, db_url, rabbitmq_url, q, intake_max_body_bytes=max_bytes)) as c:
+        wait_for(lambda: handled(c) == len(bodies))
+    assert c.counts == {"accepted": 2, "duplicate": 0, "rejected": len(bad), "requeued": 0}
+    assert stored_custom_ids(db_url) == ["mq-good-1", "mq-good-at-limit"]
+    assert queue_depth(rabbitmq_url, q) == 0
+    assert sorted(body for _, body in drain(rabbitmq_url, dlq)) == sorted(bad.values())
+    assert f"{max_bytes + 1} bytes, over INTAKE_MAX_BODY_BYTES ({max_bytes})" in caplog.text
+    assert caplog.text.count("rejected message (custom_id None, invalid)") == 4  # not JSON to orjson
+    assert "intake failed on it" not in caplog.text  # refused as input, not isolated as a crash
