@@ -5,6 +5,9 @@ The Elixir OpenAI Batch Manager's variable names are kept (``OPENAI_API_KEY``, `
 A bad value fails at start with a message that names the variable.
 """
 
+# Longer than 300 lines: every setting is declared here once, with its default, its bounds and the
+# validator that checks it, so that no other module declares or parses one (tests/test_architecture.py).
+
 from __future__ import annotations
 
 import base64
@@ -130,6 +133,7 @@ class Settings(BaseSettings):
     # Delete a batch's OpenAI files once its results are stored (they hold your prompts and outputs).
     openai_delete_files: bool = True
     retention_days: int = Field(30, ge=1)
+    dagster_run_retention_days: int = Field(30, ge=1)
 
     # --- Delivery -------------------------------------------------------------------------------
     disable_delivery_retry: bool = False

@@ -1,9 +1,12 @@
 """The cleanup job in process against Postgres and the simulator: OpenAI files of finished batches,
-retention of batches with their requests and attempts, and the batches' dynamic partitions."""
+retention of batches with their requests and attempts, the batches' dynamic partitions, and the
+retention of Dagster's own finished runs."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
+from datetime import datetime, timedelta
 from functools import partial
 from typing import Any
 
@@ -11,11 +14,14 @@ import dagster as dg
 import openai
 import psycopg
 import pytest
+
+# Dagster refuses a QUEUED run without the origin of its job (where the daemon would load it from).
+from dagster._core.remote_origin import RegisteredCodeLocationOrigin, RemoteJobOrigin, RemoteRepositoryOrigin
 from psycopg.rows import dict_row
 
 from batch_pipeline.config import Settings
 from batch_pipeline.db import connect
-from batch_pipeline.defs.cleanup import remove_orphan_partitions
+from batch_pipeline.defs.cleanup import delete_old_runs, remove_orphan_partitions
 from batch_pipeline.defs.definitions import build_definitions
 from batch_pipeline.stages.cleanup import delete_expired
 from batch_pipeline.states import FILES_NOT_NEEDED, FINISHED
@@ -278,3 +284,137 @@ def test_a_batch_whose_files_cannot_be_deleted_is_kept_until_they_are(driver, si
     assert delete_expired(connect_db, 30, sim.client) == [batch["id"]]
     assert batch_ids(driver.db_url) == set()
     assert not any(at_openai(sim, f) for f in batch["files"])
+
+
+# --- Dagster runs ---------------------------------------------------------------------------------
+
+
+@dg.op
+def say_hello() -> None:
+    print("hello")  # captured: the run gets compute logs
+
+
+@dg.op
+def fail() -> None:
+    raise RuntimeError("boom")
+
+
+@dg.job(executor_def=dg.in_process_executor)
+def hello_job() -> None:
+    say_hello()
+
+
+@dg.job(executor_def=dg.in_process_executor)
+def failing_job() -> None:
+    fail()
+
+
+# The events that move a run into each state that is not over (no event: NOT_STARTED).
+IN_PROGRESS_EVENTS = {
+    dg.DagsterRunStatus.NOT_STARTED: [],
+    dg.DagsterRunStatus.QUEUED: [dg.DagsterEventType.RUN_ENQUEUED],
+    dg.DagsterRunStatus.STARTING: [dg.DagsterEventType.RUN_STARTING],
+    dg.DagsterRunStatus.STARTED: [dg.DagsterEventType.RUN_STARTING, dg.DagsterEventType.RUN_START],
+    dg.DagsterRunStatus.CANCELING: [dg.DagsterEventType.RUN_START, dg.DagsterEventType.RUN_CANCELING],
+}
+
+
+HELLO_ORIGIN = RemoteJobOrigin(
+    repository_origin=RemoteRepositoryOrigin(
+        code_location_origin=RegisteredCodeLocationOrigin("tests"), repository_name="__repository__"
+    ),
+    job_name="hello_job",
+)
+
+
+def run_in_progress(instance: dg.DagsterInstance, status: dg.DagsterRunStatus) -> str:
+    run = instance.create_run_for_job(
+        hello_job, status=dg.DagsterRunStatus.NOT_STARTED, remote_job_origin=HELLO_ORIGIN
+    )
+    for event_type in IN_PROGRESS_EVENTS[status]:
+        event = dg.DagsterEvent(event_type_value=event_type.value, job_name=run.job_name)
+        instance.report_dagster_event(event, run_id=run.run_id)
+    assert instance.get_run_by_id(run.run_id).status == status
+    return run.run_id
+
+
+def finished_runs(instance: dg.DagsterInstance) -> list[str]:
+    """One successful, one failed and one canceled run; their ids."""
+    ok = hello_job.execute_in_process(instance=instance).run_id
+    failed = failing_job.execute_in_process(instance=instance, raise_on_error=False).run_id
+    canceled = instance.create_run_for_job(hello_job, status=dg.DagsterRunStatus.NOT_STARTED)
+    instance.report_run_canceled(canceled)
+    statuses = [instance.get_run_by_id(r).status for r in (ok, failed, canceled.run_id)]
+    assert statuses == [
+        dg.DagsterRunStatus.SUCCESS,
+        dg.DagsterRunStatus.FAILURE,
+        dg.DagsterRunStatus.CANCELED,
+    ]
+    return [ok, failed, canceled.run_id]
+
+
+def last_update(instance: dg.DagsterInstance, run_ids: Sequence[str]) -> list[datetime]:
+    records = instance.get_run_records(filters=dg.RunsFilter(run_ids=list(run_ids)))
+    return [r.update_timestamp for r in records]
+
+
+def compute_log_keys(instance: dg.DagsterInstance, run_id: str) -> list[Sequence[str]]:
+    """The keys of the compute logs a run captured and that are still stored."""
+    manager = instance.compute_log_manager
+    keys = [
+        manager.build_log_key_for_run(run_id, e.dagster_event.logs_captured_data.file_key)
+        for e in instance.all_logs(run_id, of_type=dg.DagsterEventType.LOGS_CAPTURED)
+    ]
+    return [k for k in keys if manager.is_capture_complete(k)]
+
+
+def test_dagster_runs_finished_past_retention_go_with_their_logs_and_others_stay() -> None:
+    with dg.instance_for_test() as instance:
+        # Oldest of all, yet never deleted: queued, starting or in progress.
+        busy = [run_in_progress(instance, status) for status in IN_PROGRESS_EVENTS]
+        old = finished_runs(instance)
+        new = finished_runs(instance)
+        # "now" is retention days after a moment between the old runs' ends and the new ones'.
+        last_old, first_new = max(last_update(instance, old)), min(last_update(instance, new))
+        assert last_old < first_new
+        now = last_old + (first_new - last_old) / 2 + timedelta(days=30)
+        old_logs = {r: compute_log_keys(instance, r) for r in old}
+        assert old_logs[old[0]] and old_logs[old[1]]  # the executed ones captured stdout/stderr
+        assert all(instance.all_logs(r) for r in old)
+
+        assert delete_old_runs(instance, 30, now=now) == 3
+        for run_id in old:
+            assert instance.get_run_by_id(run_id) is None
+            assert instance.all_logs(run_id) == []
+            assert compute_log_keys(instance, run_id) == []
+            assert not any(instance.compute_log_manager.is_capture_complete(k) for k in old_logs[run_id])
+        for run_id in busy + new:
+            assert instance.get_run_by_id(run_id) is not None
+        for run_id in new + busy[1:]:  # (a NOT_STARTED run has no events)
+            assert instance.all_logs(run_id)
+        assert compute_log_keys(instance, new[0])
+
+        # A day later the new ones are past retention too; never the in-progress ones.
+        assert delete_old_runs(instance, 30, now=now + timedelta(days=1)) == 3
+        assert {r.dagster_run.run_id for r in instance.get_run_records()} == set(busy)
+        assert delete_old_runs(instance, 1, now=now + timedelta(days=1000)) == 0
+
+
+def test_dagster_run_deletion_is_bounded_per_run_and_spares_the_given_run() -> None:
+    with dg.instance_for_test() as instance:
+        runs = [hello_job.execute_in_process(instance=instance).run_id for _ in range(7)]
+        now = max(last_update(instance, runs)) + timedelta(days=30, seconds=1)
+
+        assert delete_old_runs(instance, 30, now=now, keep=runs[0], chunk=2, limit=5) == 5
+        assert delete_old_runs(instance, 30, now=now, keep=runs[0], chunk=2, limit=5) == 1
+        assert delete_old_runs(instance, 30, now=now, keep=runs[0], chunk=2, limit=5) == 0
+        assert [r.dagster_run.run_id for r in instance.get_run_records()] == [runs[0]]
+
+
+def test_the_cleanup_job_keeps_recent_runs_and_itself(driver) -> None:
+    recent = hello_job.execute_in_process(instance=driver.instance).run_id
+    run_cleanup(driver.defs, driver.instance)
+    run_cleanup(driver.defs, driver.instance)
+    kept = {r.dagster_run.run_id for r in driver.instance.get_run_records()}
+    assert recent in kept
+    assert len(kept) == 3  # the finished cleanup runs are recent too
