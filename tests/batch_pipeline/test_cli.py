@@ -118,17 +118,14 @@ def data_dir(tmp_path: Path) -> Iterator[Path]:
         proc.send_signal(signal.SIGINT)
 
 
-@pytest.mark.parametrize(
-    ("stop_signal", "embedded"),
-    [(signal.SIGINT, False), (signal.SIGTERM, True)],
-    ids=["ctrl-c-external-db", "sigterm-embedded-db"],
-)
-def test_up_starts_everything_on_the_simulator_and_a_stop_signal_stops_it(
-    stop_signal: int, embedded: bool, request: pytest.FixtureRequest, data_dir: Path, tmp_path: Path
+def test_up_starts_everything_on_the_simulator_and_sigterm_stops_it_and_the_embedded_postgres(
+    data_dir: Path, tmp_path: Path
 ) -> None:
+    """With an external database and Ctrl-C (SIGINT): ``test_up_end_to_end.py``, which also sends
+    requests through the running processes."""
     ports = {"PORT": free_port(), "DAGSTER_PORT": free_port(), "SIMULATOR_PORT": free_port()}
-    db_url = None if embedded else request.getfixturevalue("db_url")
-    proc = _batchman(["up", "--host", "127.0.0.1"], _service_env(ports, data_dir, db_url), tmp_path)
+    stop_signal, embedded = signal.SIGTERM, True
+    proc = _batchman(["up", "--host", "127.0.0.1"], _service_env(ports, data_dir, None), tmp_path)
     log = tmp_path / "batchman.log"
     try:
         health = _wait_for(f"http://127.0.0.1:{ports['PORT']}/health", proc, log).json()

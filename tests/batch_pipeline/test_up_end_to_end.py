@@ -1,6 +1,6 @@
 """The whole product through the processes ``batchman up`` starts (API, Dagster webserver and daemon,
-simulator): requests in over HTTP, single and bulk; results out to a real webhook receiver and a real
-RabbitMQ queue; every custom_id delivered exactly once."""
+simulator) on an external database: requests in over HTTP, single and bulk; results out to a real
+webhook receiver and a real RabbitMQ queue; every custom_id delivered exactly once; Ctrl-C stops it all."""
 
 from __future__ import annotations
 
@@ -78,11 +78,15 @@ def queue(rabbitmq_url: str) -> Iterator[tuple[pika.adapters.blocking_connection
     conn.close()
 
 
-def request(custom_id: str, delivery: dict, url: str = "/v1/chat/completions") -> dict:
+def request(custom_id: str, delivery: dict) -> dict:
     body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": f"Hello {custom_id}"}]}
-    if url == "/v1/embeddings":
-        body = {"model": "text-embedding-3-small", "input": f"Hello {custom_id}"}
-    return {"custom_id": custom_id, "url": url, "method": "POST", "body": body, "delivery_config": delivery}
+    return {
+        "custom_id": custom_id,
+        "url": "/v1/chat/completions",
+        "method": "POST",
+        "body": body,
+        "delivery_config": delivery,
+    }
 
 
 def test_requests_through_batchman_up_reach_a_webhook_and_a_queue_exactly_once(
@@ -97,10 +101,16 @@ def test_requests_through_batchman_up_reach_a_webhook_and_a_queue_exactly_once(
     hook = {"type": "webhook", "webhook_url": receiver.url}
     rabbit = {"type": "rabbitmq", "rabbitmq_queue": queue_name}
     singles = [request(f"single-{i}", hook if i % 2 else rabbit) for i in range(4)]
-    bulk = [request(f"bulk-{i}", hook if i % 2 else rabbit, "/v1/embeddings") for i in range(6)]
+    # One (endpoint, model) group: one batch, so the test waits for one upload, results and delivery run.
+    bulk = [request(f"bulk-{i}", hook if i % 2 else rabbit) for i in range(6)]
     everyone = [r["custom_id"] for r in singles + bulk]
     try:
+        assert _wait_for(f"{api}/health", proc, log).json()["simulator"] is True
         _wait_for(f"{api}/health/ready", proc, log)
+        sim = f"http://127.0.0.1:{ports['SIMULATOR_PORT']}/_sim/health"
+        assert _wait_for(sim, proc, log).json()["simulator"] is True
+        _wait_for(f"http://127.0.0.1:{ports['DAGSTER_PORT']}/server_info", proc, log)
+        assert "SIMULATOR" in log.read_text()  # the loud banner
         with httpx.Client(base_url=api, timeout=30) as client:
             for item in singles:
                 assert client.post("/api/requests", json=item).status_code == 202
@@ -120,13 +130,16 @@ def test_requests_through_batchman_up_reach_a_webhook_and_a_queue_exactly_once(
             assert batches and {b["state"] for b in batches} == {"delivered"}, batches
     finally:
         if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGINT)
+            os.killpg(proc.pid, signal.SIGINT)  # what the terminal sends on Ctrl-C
             try:
                 proc.wait(timeout=60)
             finally:
                 if proc.poll() is None:
                     os.killpg(proc.pid, signal.SIGKILL)
     assert proc.returncode == 0, log.read_text()[-3000:]
+    for port in ports.values():  # every process is gone: nothing answers any more
+        with pytest.raises(httpx.HTTPError):
+            httpx.get(f"http://127.0.0.1:{port}/", timeout=1)
 
     hooks = [c for c, r in zip(everyone, singles + bulk, strict=True) if r["delivery_config"] == hook]
     queued = [c for c in everyone if c not in hooks]
