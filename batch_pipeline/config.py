@@ -109,6 +109,9 @@ class Settings(BaseSettings):
     # --- RabbitMQ -------------------------------------------------------------------------------
     rabbitmq_url: str | None = None
     rabbitmq_input_queue: str | None = None
+    # Queue-name prefixes a request may ask its result to be published to (comma-separated); empty:
+    # any queue the broker user can reach. Set it when clients you do not control submit requests.
+    rabbitmq_allowed_queues: str = ""
 
     # --- Intake ---------------------------------------------------------------------------------
     api_token: SecretStr | None = Field(None, description="When set, the API and UI require it.")
@@ -279,6 +282,10 @@ class Settings(BaseSettings):
     @property
     def allowed_webhook_hosts(self) -> frozenset[str]:
         return frozenset(h.strip().lower() for h in self.webhook_allowed_hosts.split(",") if h.strip())
+
+    @property
+    def allowed_queue_prefixes(self) -> tuple[str, ...]:
+        return tuple(p.strip() for p in self.rabbitmq_allowed_queues.split(",") if p.strip())
 
 
 def is_loopback(host: str) -> bool:

@@ -130,6 +130,8 @@ def fast_validate(raw: bytes, limits: Limits, url_policy: UrlPolicy | None = Non
         queue = cfg.rabbitmq_queue
         if not queue.strip() or len(queue.encode()) > QUEUE_NAME_MAX_BYTES:
             return None
+        if limits.queue_prefixes and not queue.startswith(limits.queue_prefixes):
+            return None  # the full path reports it
         delivery = {"type": "rabbitmq", "rabbitmq_queue": queue}
     line = b'{"custom_id":%b,"method":"POST","url":"%b","body":%b}' % (
         _encode(custom_id),

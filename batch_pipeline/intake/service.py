@@ -70,6 +70,7 @@ class IntakeService:
             custom_id_max_length=settings.custom_id_max_length,
             batch_max_bytes=settings.batch_max_bytes,
             token_safety_factor=settings.token_estimate_safety_factor,
+            queue_prefixes=settings.allowed_queue_prefixes,
         )
         self.url_policy: UrlPolicy | None = intake_url_policy(settings)
         self._token_limits: dict[str, int] = {}  # model -> limit, rebuilt when overrides are re-read

@@ -43,6 +43,7 @@ class Limits:
     custom_id_max_length: int = 512
     batch_max_bytes: int = 199_000_000
     token_safety_factor: float = 1.1
+    queue_prefixes: tuple[str, ...] = ()  # RABBITMQ_ALLOWED_QUEUES; empty: any queue
 
 
 class RequestTooLarge(ValueError):
@@ -64,7 +65,9 @@ def is_http_url(url: str) -> bool:
         return False
 
 
-def _delivery_errors(cfg: Any, pointer: str, url_policy: UrlPolicy | None) -> list[dict]:
+def _delivery_errors(
+    cfg: Any, pointer: str, url_policy: UrlPolicy | None, queue_prefixes: tuple[str, ...] = ()
+) -> list[dict]:
     if not isinstance(cfg, dict):
         return [error("delivery_config must be an object", pointer)]
     kind = cfg.get("type")
@@ -109,6 +112,9 @@ def _delivery_errors(cfg: Any, pointer: str, url_policy: UrlPolicy | None) -> li
             )
         elif len(queue.encode()) > QUEUE_NAME_MAX_BYTES:
             errs.append(error("rabbitmq_queue must be at most 255 bytes", f"{pointer}/rabbitmq_queue"))
+        elif queue_prefixes and not queue.startswith(queue_prefixes):
+            detail = f"rabbitmq_queue is not allowed: it must start with one of {', '.join(queue_prefixes)}"
+            errs.append(error(detail, f"{pointer}/rabbitmq_queue", code="rabbitmq_queue_not_allowed"))
         return errs
     return [error("delivery_config.type must be 'webhook' or 'rabbitmq'", f"{pointer}/type")]
 
@@ -192,7 +198,9 @@ def validate_request(
     if "body" in obj:
         errs += _body_errors(url, obj["body"], f"{pointer}/body")
     if "delivery_config" in obj:
-        errs += _delivery_errors(obj["delivery_config"], f"{pointer}/delivery_config", url_policy)
+        errs += _delivery_errors(
+            obj["delivery_config"], f"{pointer}/delivery_config", url_policy, limits.queue_prefixes
+        )
     has_nul = any("\x00" in k for k in obj if isinstance(k, str))
     for key, value in obj.items():
         nul, too_deep = _scan(value, MAX_BODY_DEPTH)

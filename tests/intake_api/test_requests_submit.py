@@ -702,3 +702,13 @@ def test_concurrent_submissions_store_each_custom_id_exactly_once(api: Any, db_u
     assert len(rows) == 200
     assert {cid for cid, _ in rows} == set(ids)
     assert all(n == 1 for _, n in rows)
+
+
+def test_rabbitmq_allowed_queues_refuses_other_queues_with_422(tmp_path: Path, db_url: str) -> None:
+    with serve(tmp_path, db_url, rabbitmq_allowed_queues="results., audit-") as c:
+        ok = valid_request("rq-ok", delivery_config={"type": "rabbitmq", "rabbitmq_queue": "results.a"})
+        assert c.post("/api/requests", json=ok).status_code == 202
+        bad = valid_request("rq-bad", delivery_config={"type": "rabbitmq", "rabbitmq_queue": "billing"})
+        errors = assert_error(c.post("/api/requests", json=bad), 422, "rabbitmq_queue_not_allowed")
+        assert errors[0]["source"]["pointer"] == "/delivery_config/rabbitmq_queue"
+    assert fetch_row(db_url, "rq-ok") is not None and fetch_row(db_url, "rq-bad") is None

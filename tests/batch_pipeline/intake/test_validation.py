@@ -143,3 +143,26 @@ def test_deep_nesting_is_reported_with_the_other_errors() -> None:
     errors = validate_request(valid(method="GET", body={"model": "m", "deep": _nested(400)}), LIMITS)
     assert isinstance(errors, list)
     assert {e["source"]["pointer"] for e in errors} == {"/method", "/body"}
+
+
+def test_rabbitmq_queue_must_start_with_an_allowed_prefix_when_some_are_set() -> None:
+    import json as _json
+
+    from batch_pipeline.intake.fast_decode import fast_validate
+
+    limits = Limits(queue_prefixes=("results.", "audit-"))
+    for queue, allowed in [("results.team-a", True), ("audit-1", True), ("other", False), ("result", False)]:
+        request = valid(delivery_config={"type": "rabbitmq", "rabbitmq_queue": queue})
+        checked = validate_request(request, limits)
+        fast = fast_validate(_json.dumps(request).encode(), limits)
+        if allowed:
+            assert checked.delivery_config["rabbitmq_queue"] == queue and fast is not None
+        else:
+            assert [(e["code"], e["source"]["pointer"]) for e in checked] == [
+                ("rabbitmq_queue_not_allowed", "/delivery_config/rabbitmq_queue")
+            ]
+            assert fast is None  # the fast path leaves the verdict to the full one
+    # No prefixes: any queue.
+    assert not isinstance(
+        validate_request(valid(delivery_config={"type": "rabbitmq", "rabbitmq_queue": "x"}), LIMITS), list
+    )
