@@ -3,10 +3,10 @@
 The Elixir OpenAI Batch Manager's variable names are kept (``OPENAI_API_KEY``, ``DATABASE_URL``,
 ``PORT``, ``RABBITMQ_URL``, ``RABBITMQ_INPUT_QUEUE``, ``DISABLE_DELIVERY_RETRY``) so its users can switch.
 A bad value fails at start with a message that names the variable.
-"""
 
-# Longer than 300 lines: every setting is declared here once, with its default, its bounds and the
-# validator that checks it, so that no other module declares or parses one (tests/test_architecture.py).
+Longer than 300 lines: every setting is declared here once, with its default, its bounds and the
+validator that checks it, so that no other module declares or parses one (tests/test_architecture.py).
+"""
 
 from __future__ import annotations
 

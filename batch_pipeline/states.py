@@ -23,7 +23,7 @@ from __future__ import annotations
 
 # --- batches ------------------------------------------------------------------------------------------
 
-BATCH_STATES = (
+EVERY_BATCH_STATE = (
     "ready", "uploading", "uploaded", "waiting_for_capacity", "openai_processing", "cancelling",
     "openai_completed", "downloading", "ready_to_deliver", "delivering", "delivered",
     "partially_delivered", "delivery_failed", "failed", "cancelled", "resubmitted",
@@ -36,11 +36,11 @@ CREATABLE = ("uploaded", "waiting_for_capacity")
 # OpenAI may still be working: these batches' tokens count against the model's queue limit.
 AT_OPENAI = ("openai_processing", "cancelling")
 # Delivery is over (whatever its outcome); a redelivery may start it again.
-DELIVERY_FINISHED = ("delivered", "partially_delivered", "delivery_failed")
+FINISHED_DELIVERY = ("delivered", "partially_delivered", "delivery_failed")
 # States a batch may (re)enter 'delivering' from.
-DELIVERABLE = ("ready_to_deliver", "delivering", *DELIVERY_FINISHED)
+DELIVERABLE = ("ready_to_deliver", "delivering", *FINISHED_DELIVERY)
 # Nobody acts on these any more: retention counts from here, and they may be deleted.
-FINISHED = (*DELIVERY_FINISHED, "failed", "cancelled", "resubmitted")
+FINISHED = (*FINISHED_DELIVERY, "failed", "cancelled", "resubmitted")
 # Results are stored (or the batch ended): its OpenAI files are no longer needed.
 FILES_NOT_NEEDED = ("ready_to_deliver", "delivering", *FINISHED)
 # A stage run that stopped without moving its batch on leaves it here; the sensors relaunch it.
@@ -49,7 +49,7 @@ RESULTS_WORKING = ("downloading",)
 
 # Every move a batch makes, as (from, to). Stages and operator actions move batches only along these;
 # ``store.transitions`` records each one in ``batch_transitions``.
-BATCH_TRANSITIONS = frozenset(
+ALLOWED_BATCH_MOVES = frozenset(
     {
         ("ready", "uploading"),
         *((s, "uploading") for s in CREATABLE),  # re-upload: the input file is gone
@@ -67,7 +67,7 @@ BATCH_TRANSITIONS = frozenset(
         ("downloading", "ready_to_deliver"),
         ("downloading", "resubmitted"),
         *((s, "delivering") for s in DELIVERABLE),
-        *(("delivering", s) for s in DELIVERY_FINISHED),
+        *(("delivering", s) for s in FINISHED_DELIVERY),
         ("failed", "resubmitted"),  # restart: its requests go back to the queue
     }
 )

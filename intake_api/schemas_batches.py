@@ -7,10 +7,10 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from batch_pipeline.states import BATCH_STATES
+from batch_pipeline.states import EVERY_BATCH_STATE
 from intake_api.schemas import EndpointUrl
 
-BatchState = Literal[BATCH_STATES]  # type: ignore[valid-type]
+BatchState = Literal[EVERY_BATCH_STATE]  # type: ignore[valid-type]
 # Postgres text cannot hold U+0000: such a value is a client error (422), never a failed query (500).
 NO_NUL = r"^[^\x00]*$"
 

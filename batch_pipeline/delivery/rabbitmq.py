@@ -18,10 +18,10 @@ chunk of the run tries to connect once, so the run goes on as soon as the broker
 When no confirm comes (a black-holed link, a connection blocked by a memory or disk alarm) what is
 unconfirmed fails with ``timeout`` after ``confirm_timeout``; closing that connection is bounded too
 (see ``_close_within``).
-"""
 
-# Longer than 300 lines: one publisher driving pika's callback ioloop (connect, confirm, return,
-# watchdog, reconnect); split across modules its state would have to be shared between them.
+Longer than 300 lines: one publisher driving pika's callback ioloop (connect, confirm, return, watchdog,
+reconnect); split across modules its state would have to be shared between them.
+"""
 
 from __future__ import annotations
 

@@ -22,9 +22,9 @@ from batch_pipeline.intake.tokens import estimate_tokens
 from batch_pipeline.intake.validation import (
     CUSTOM_ID_MAX_BYTES,
     MAX_BODY_DEPTH,
+    MAX_WEBHOOK_URL_BYTES,
     MODEL_MAX_BYTES,
     QUEUE_NAME_MAX_BYTES,
-    WEBHOOK_URL_MAX_BYTES,
     Limits,
     NewRequest,
     UrlPolicy,
@@ -118,8 +118,8 @@ def fast_validate(raw: bytes, limits: Limits, url_policy: UrlPolicy | None = Non
         webhook_url = cfg.webhook_url
         if (
             (
-                len(webhook_url) > WEBHOOK_URL_MAX_BYTES // 4
-                and len(webhook_url.encode()) > WEBHOOK_URL_MAX_BYTES
+                len(webhook_url) > MAX_WEBHOOK_URL_BYTES // 4
+                and len(webhook_url.encode()) > MAX_WEBHOOK_URL_BYTES
             )
             or not is_http_url(webhook_url)
             or (url_policy and url_policy(webhook_url))

@@ -35,7 +35,7 @@ MAX_BODY_DEPTH = 128
 MODEL_MAX_BYTES = 256
 # The webhook URL is copied into the request row and every delivery attempt; real ones are short, and
 # 2,048 bytes (UTF-8) is what browsers and proxies commonly accept.
-WEBHOOK_URL_MAX_BYTES = 2048
+MAX_WEBHOOK_URL_BYTES = 2048
 
 
 @dataclass(frozen=True)
@@ -78,11 +78,11 @@ def _delivery_errors(
         if not isinstance(url, str) or not url:
             return [*errs, error("webhook_url is required and must be a string", f"{pointer}/webhook_url")]
         # Before any parsing (and the URL caches): a huge URL is refused on its length alone.
-        if len(url) > WEBHOOK_URL_MAX_BYTES // 4 and (
-            len(url.encode("utf-8", "surrogatepass")) > WEBHOOK_URL_MAX_BYTES
+        if len(url) > MAX_WEBHOOK_URL_BYTES // 4 and (
+            len(url.encode("utf-8", "surrogatepass")) > MAX_WEBHOOK_URL_BYTES
         ):
             errs.append(
-                error(f"webhook_url must be at most {WEBHOOK_URL_MAX_BYTES} bytes", f"{pointer}/webhook_url")
+                error(f"webhook_url must be at most {MAX_WEBHOOK_URL_BYTES} bytes", f"{pointer}/webhook_url")
             )
         elif not is_http_url(url):
             errs.append(

@@ -15,7 +15,7 @@ from typing import Any
 import psycopg
 from psycopg.rows import dict_row
 
-from batch_pipeline.states import DELIVERABLE, DELIVERY_FINISHED, REDELIVER_BATCH_REQUESTS
+from batch_pipeline.states import DELIVERABLE, FINISHED_DELIVERY, REDELIVER_BATCH_REQUESTS
 from batch_pipeline.store.records import Attempt, Delivery
 
 # Due requests of one batch, and claims whose lease ran out (their run crashed). SKIP LOCKED: two
@@ -95,7 +95,7 @@ def _moved(batch_id: int, from_states: Sequence[str], to_state: str, reason: str
         "from_states": list(from_states),
         "to_state": to_state,
         "reason": reason,
-        "finished": list(DELIVERY_FINISHED),
+        "finished": list(FINISHED_DELIVERY),
     }
 
 
@@ -238,10 +238,10 @@ async def redeliver_batch(conn: psycopg.AsyncConnection, batch_id: int, only: st
         await cur.execute(REDELIVER_REQUESTS, (batch_id, list(REDELIVER_BATCH_REQUESTS[only])))
         requeued = cur.rowcount
     state = batch["state"]
-    if requeued and state in DELIVERY_FINISHED:
+    if requeued and state in FINISHED_DELIVERY:
         await cur.execute(
             TRANSITION,
-            _moved(batch_id, DELIVERY_FINISHED, "delivering", f"redeliver only={only}: {requeued} requests"),
+            _moved(batch_id, FINISHED_DELIVERY, "delivering", f"redeliver only={only}: {requeued} requests"),
         )
         state = "delivering"
     await conn.commit()
@@ -256,7 +256,7 @@ def begin_delivery(conn: psycopg.Connection, batch_id: int, reason: str) -> str 
     the batch state when delivery may go on, None when the batch is gone or in another state."""
     conn.execute(
         TRANSITION,
-        _moved(batch_id, ["ready_to_deliver", *DELIVERY_FINISHED], "delivering", reason),
+        _moved(batch_id, ["ready_to_deliver", *FINISHED_DELIVERY], "delivering", reason),
     )
     row = conn.execute(GET_BATCH, (batch_id,)).fetchone()
     conn.commit()

@@ -94,12 +94,12 @@ def migrate(dsn: str) -> list[str]:
     return applied_now
 
 
-DATABASE_EXISTS = "SELECT 1 FROM pg_database WHERE datname = %s"
+FIND_DATABASE = "SELECT 1 FROM pg_database WHERE datname = %s"
 
 
 def ensure_database(conn: psycopg.Connection, name: str) -> None:
     """Create database ``name`` on this server unless it exists (``conn`` in autocommit mode)."""
-    if conn.execute(DATABASE_EXISTS, (name,)).fetchone() is None:
+    if conn.execute(FIND_DATABASE, (name,)).fetchone() is None:
         conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
 
 

@@ -17,7 +17,7 @@ import psycopg
 from psycopg import sql
 from psycopg.rows import dict_row
 
-from batch_pipeline.states import BATCH_TRANSITIONS
+from batch_pipeline.states import ALLOWED_BATCH_MOVES
 
 RECORD_TRANSITION = """
 INSERT INTO batchman.batch_transitions (batch_id, from_state, to_state, reason) VALUES (%s, %s, %s, %s)
@@ -37,7 +37,7 @@ class FromNow:
 
 
 class IllegalTransition(ValueError):
-    """A move ``states.BATCH_TRANSITIONS`` does not allow: a programming error, never a runtime race."""
+    """A move ``states.ALLOWED_BATCH_MOVES`` does not allow: a programming error, never a runtime race."""
 
 
 def _statement(
@@ -46,7 +46,7 @@ def _statement(
     """The conditional UPDATE for one transition. Column values may be fixed ``sql.SQL`` fragments
     (e.g. ``sql.SQL("now()")``) or ``FromNow``; every other value is a parameter."""
     from_states = list(from_states)
-    illegal = [f for f in from_states if f != to_state and (f, to_state) not in BATCH_TRANSITIONS]
+    illegal = [f for f in from_states if f != to_state and (f, to_state) not in ALLOWED_BATCH_MOVES]
     if illegal:
         raise IllegalTransition(f"batch {batch_id}: {illegal} -> {to_state} is not a batch transition")
     sets = [sql.SQL("state = %(to_state)s"), sql.SQL("updated_at = now()")]

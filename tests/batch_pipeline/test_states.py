@@ -27,13 +27,13 @@ def check_constraint(conn: psycopg.Connection, name: str) -> set[str]:
 
 def test_the_schema_allows_exactly_these_states(db_url: str) -> None:
     with psycopg.connect(db_url) as conn:
-        assert check_constraint(conn, "batches_state_check") == set(states.BATCH_STATES)
+        assert check_constraint(conn, "batches_state_check") == set(states.EVERY_BATCH_STATE)
         assert check_constraint(conn, "requests_state_check") == set(states.REQUEST_STATES)
         assert check_constraint(conn, "delivery_attempts_outcome_check") == set(states.ATTEMPT_OUTCOMES)
 
 
 def test_the_store_sql_names_only_known_states() -> None:
-    known = set(states.BATCH_STATES) | set(states.REQUEST_STATES)
+    known = set(states.EVERY_BATCH_STATE) | set(states.REQUEST_STATES)
     named: dict[str, set[str]] = {}
     for path in STORE.glob("*.py"):
         text = path.read_text()
@@ -46,12 +46,12 @@ def test_the_store_sql_names_only_known_states() -> None:
 
 
 def test_every_group_holds_known_states() -> None:
-    batch, request = set(states.BATCH_STATES), set(states.REQUEST_STATES)
+    batch, request = set(states.EVERY_BATCH_STATE), set(states.REQUEST_STATES)
     for group in (
         states.BEFORE_OPENAI,
         states.CREATABLE,
         states.AT_OPENAI,
-        states.DELIVERY_FINISHED,
+        states.FINISHED_DELIVERY,
         states.DELIVERABLE,
         states.FINISHED,
         states.FILES_NOT_NEEDED,
@@ -66,7 +66,7 @@ def test_every_group_holds_known_states() -> None:
         *states.REDELIVER_BATCH_REQUESTS.values(),
     ):
         assert set(group) <= request, group
-    assert {s for pair in states.BATCH_TRANSITIONS for s in pair} <= batch
+    assert {s for pair in states.ALLOWED_BATCH_MOVES for s in pair} <= batch
 
 
 def test_a_move_the_state_machine_does_not_allow_is_refused_before_any_sql(db_url: str) -> None:

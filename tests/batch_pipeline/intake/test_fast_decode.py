@@ -9,7 +9,7 @@ import pytest
 from batch_pipeline.intake.fast_decode import fast_validate
 from batch_pipeline.intake.validation import (
     MAX_BODY_DEPTH,
-    WEBHOOK_URL_MAX_BYTES,
+    MAX_WEBHOOK_URL_BYTES,
     Limits,
     NewRequest,
     RequestTooLarge,
@@ -59,10 +59,10 @@ VARIANTS = [
     {"delivery_config": {"type": "webhook", "webhook_url": "http://h:0/x"}},
     {"delivery_config": {"type": "webhook", "webhook_url": "http://h:65535/x"}},
     {"delivery_config": {"type": "webhook"}},
-    {"delivery_config": {"type": "webhook", "webhook_url": webhook_url_of(WEBHOOK_URL_MAX_BYTES)}},
-    {"delivery_config": {"type": "webhook", "webhook_url": webhook_url_of(WEBHOOK_URL_MAX_BYTES + 1)}},
-    {"delivery_config": {"type": "webhook", "webhook_url": webhook_url_of(WEBHOOK_URL_MAX_BYTES, "é")}},
-    {"delivery_config": {"type": "webhook", "webhook_url": webhook_url_of(WEBHOOK_URL_MAX_BYTES + 1, "é")}},
+    {"delivery_config": {"type": "webhook", "webhook_url": webhook_url_of(MAX_WEBHOOK_URL_BYTES)}},
+    {"delivery_config": {"type": "webhook", "webhook_url": webhook_url_of(MAX_WEBHOOK_URL_BYTES + 1)}},
+    {"delivery_config": {"type": "webhook", "webhook_url": webhook_url_of(MAX_WEBHOOK_URL_BYTES, "é")}},
+    {"delivery_config": {"type": "webhook", "webhook_url": webhook_url_of(MAX_WEBHOOK_URL_BYTES + 1, "é")}},
     {"delivery_config": {"type": "webhook", "webhook_url": "http://h/x", "extra": 1}},
     {"delivery_config": {"type": "rabbitmq", "rabbitmq_queue": "q"}},
     {"delivery_config": {"type": "rabbitmq", "rabbitmq_queue": " "}},
@@ -182,12 +182,12 @@ def test_webhook_urls_over_2048_bytes_are_refused_on_both_paths(char: str) -> No
     def with_url(size: int) -> dict:
         return {**BASE, "delivery_config": {"type": "webhook", "webhook_url": webhook_url_of(size, char)}}
 
-    at_limit = with_url(WEBHOOK_URL_MAX_BYTES)
-    assert len(at_limit["delivery_config"]["webhook_url"].encode()) == WEBHOOK_URL_MAX_BYTES
+    at_limit = with_url(MAX_WEBHOOK_URL_BYTES)
+    assert len(at_limit["delivery_config"]["webhook_url"].encode()) == MAX_WEBHOOK_URL_BYTES
     assert fast_validate(json.dumps(at_limit, ensure_ascii=False).encode(), LIMITS) is not None
     assert slow(at_limit) is not None
 
-    over = with_url(WEBHOOK_URL_MAX_BYTES + 1)
+    over = with_url(MAX_WEBHOOK_URL_BYTES + 1)
     assert fast_validate(json.dumps(over, ensure_ascii=False).encode(), LIMITS) is None
     errors = validate_request(over, LIMITS)
     assert isinstance(errors, list)
