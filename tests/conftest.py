@@ -4,6 +4,7 @@ test cloned from a migrated template, a real uvicorn server for the API, and Rab
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import socket
@@ -11,6 +12,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import psycopg
@@ -192,3 +194,31 @@ def settings_factory(tmp_path: Path):
 def server_thread():
     """``ServerThread`` as a fixture, for test packages that cannot import this module."""
     return ServerThread
+
+
+class WebhookReceiver:
+    """A real webhook receiver on a bound loopback port, recording (lower-cased headers, JSON body) of
+    every POST it answers with 200."""
+
+    def __init__(self) -> None:
+        self.received: list[tuple[dict[str, str], dict]] = []
+        received, lock = self.received, threading.Lock()
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = json.loads(self.rfile.read(int(self.headers["content-length"])))
+                with lock:
+                    received.append(({k.lower(): v for k, v in self.headers.items()}, body))
+                self.send_response(200)
+                self.end_headers()
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()

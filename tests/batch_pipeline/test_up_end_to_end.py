@@ -7,12 +7,10 @@ from __future__ import annotations
 import json
 import os
 import signal
-import threading
 import time
 import uuid
 from collections import Counter
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import httpx
@@ -20,7 +18,7 @@ import pika
 import pytest
 
 from tests.batch_pipeline.test_cli import _batchman, _service_env, _wait_for
-from tests.conftest import free_port
+from tests.conftest import WebhookReceiver, free_port
 
 pytestmark = [pytest.mark.process, pytest.mark.rabbitmq]
 
@@ -37,34 +35,11 @@ FAST = {
 DELIVERED_WITHIN_SECONDS = 240
 
 
-class Receiver:
-    """A webhook receiver on a bound loopback port, counting what it gets per custom_id."""
-
-    def __init__(self) -> None:
-        self.received: list[tuple[dict[str, str], dict]] = []
-        received, lock = self.received, threading.Lock()
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = json.loads(self.rfile.read(int(self.headers["content-length"])))
-                with lock:
-                    received.append(({k.lower(): v for k, v in self.headers.items()}, body))
-                self.send_response(200)
-                self.end_headers()
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-
 @pytest.fixture
-def receiver() -> Iterator[Receiver]:
-    r = Receiver()
+def receiver() -> Iterator[WebhookReceiver]:
+    r = WebhookReceiver()
     yield r
-    r.server.shutdown()
+    r.close()
 
 
 @pytest.fixture
@@ -90,7 +65,7 @@ def request(custom_id: str, delivery: dict) -> dict:
 
 
 def test_requests_through_batchman_up_reach_a_webhook_and_a_queue_exactly_once(
-    db_url: str, rabbitmq_url: str, receiver: Receiver, queue, tmp_path: Path
+    db_url: str, rabbitmq_url: str, receiver: WebhookReceiver, queue, tmp_path: Path
 ) -> None:
     channel, queue_name = queue
     ports = {"PORT": free_port(), "DAGSTER_PORT": free_port(), "SIMULATOR_PORT": free_port()}
