@@ -19,7 +19,17 @@ EndpointUrl = Literal[SUPPORTED_URLS]  # type: ignore[valid-type]
 class DeliveryWebhook(BaseModel):
     model_config = ConfigDict(extra="forbid")
     type: Literal["webhook"]
-    webhook_url: str = Field(description="http(s) URL that receives the result line as a JSON POST.")
+    webhook_url: str = Field(
+        max_length=2048,
+        description="http(s) URL that receives the result line as a JSON POST. Credential-like query "
+        "values (token=, key=, sig=, ...) are shown masked.",
+    )
+    headers: dict[str, str] | None = Field(
+        default=None,
+        description="Credentials the receiver needs, sent with every attempt and shown masked: names from "
+        "Authorization, X-Api-Key, Api-Key, X-Auth-Token, X-Webhook-Token, X-Webhook-Secret (any case); "
+        "values at most 1,024 printable ASCII characters.",
+    )
 
 
 class DeliveryRabbitMQ(BaseModel):

@@ -11,6 +11,7 @@ from typing import Any
 import psycopg
 
 from batch_pipeline.admin.errors import NotRedeliverable, RequestNotFound
+from batch_pipeline.redaction import masked_delivery_config
 from batch_pipeline.store import requests as store
 from batch_pipeline.store.requests import RequestFilter
 
@@ -28,14 +29,22 @@ async def get_request(conn: psycopg.AsyncConnection, custom_id: str) -> dict[str
     row = await store.get_request(conn, custom_id) if _storable(custom_id) else None
     if row is None:
         raise RequestNotFound(custom_id)
-    return row
+    return _shown(row)
 
 
 async def list_requests(
     conn: psycopg.AsyncConnection, flt: RequestFilter, limit: int, before: int | None
 ) -> list[dict[str, Any]]:
     """Newest first; ``before`` is the last id of the previous page (keyset pagination)."""
-    return await store.list_requests(conn, flt, limit, before)
+    return [_shown(row) for row in await store.list_requests(conn, flt, limit, before)]
+
+
+def _shown(row: dict[str, Any]) -> dict[str, Any]:
+    """The row as the API may show it: receiver credentials masked, in it and in its attempts."""
+    row["delivery_config"] = masked_delivery_config(row.get("delivery_config"))
+    for attempt in row.get("delivery_attempts") or ():
+        attempt["delivery_config"] = masked_delivery_config(attempt.get("delivery_config"))
+    return row
 
 
 async def redeliver_request(conn: psycopg.AsyncConnection, custom_id: str) -> dict[str, Any]:

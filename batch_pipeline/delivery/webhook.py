@@ -23,6 +23,7 @@ from yarl import URL
 import batch_pipeline
 from batch_pipeline.delivery.backoff import parse_retry_after
 from batch_pipeline.delivery.signing import Signer
+from batch_pipeline.redaction import scrubbed, secret_values
 from batch_pipeline.states import (
     BLOCKED_BY_POLICY,
     CONNECTION_ERROR,
@@ -119,6 +120,11 @@ class WebhookSender:
             "x-batcher-request-id": str(d.request_id),
             "x-batcher-custom-id": _header_value(d.custom_id),
         }
+        # The receiver's credentials (intake allowed only names in redaction.SECRET_HEADER_NAMES, so
+        # none of ours above is overridden); sent with every attempt, never logged.
+        own = d.delivery_config.get("headers")
+        if own:
+            headers.update(own)
         if self._signer:
             headers.update(self._signer.headers(d.key, d.body))
         return headers
@@ -144,6 +150,8 @@ class WebhookSender:
 
         def done(outcome: str, transient: bool, **kw: object) -> Attempt:
             ms = int((time.perf_counter() - started) * 1000)
+            if isinstance(kw.get("error"), str):  # an error may quote the URL: no credential in it
+                kw["error"] = scrubbed(kw["error"], secret_values(d.delivery_config))  # type: ignore[arg-type]
             return Attempt(outcome, transient, duration_ms=ms, **kw)  # type: ignore[arg-type]
 
         try:

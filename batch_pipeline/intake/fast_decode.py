@@ -34,6 +34,7 @@ from batch_pipeline.intake.validation import (
 
 class _Webhook(msgspec.Struct, gc=False, tag_field="type", tag="webhook", forbid_unknown_fields=True):
     webhook_url: str
+    headers: msgspec.Raw | None = None  # credentials for the receiver: the full validator checks them
 
 
 class _RabbitMQ(msgspec.Struct, gc=False, tag_field="type", tag="rabbitmq", forbid_unknown_fields=True):
@@ -117,7 +118,8 @@ def fast_validate(raw: bytes, limits: Limits, url_policy: UrlPolicy | None = Non
     if isinstance(cfg, _Webhook):
         webhook_url = cfg.webhook_url
         if (
-            (
+            cfg.headers is not None
+            or (
                 len(webhook_url) > MAX_WEBHOOK_URL_BYTES // 4
                 and len(webhook_url.encode()) > MAX_WEBHOOK_URL_BYTES
             )

@@ -19,6 +19,7 @@ import orjson
 
 from batch_pipeline.intake.endpoints import ENDPOINTS, SUPPORTED_URLS
 from batch_pipeline.intake.tokens import count_embedding_inputs, estimate_tokens
+from batch_pipeline.redaction import header_errors
 from batch_pipeline.store.records import NewRequest
 from batch_pipeline.url_policy import UrlPolicy
 
@@ -72,8 +73,13 @@ def _delivery_errors(
         return [error("delivery_config must be an object", pointer)]
     kind = cfg.get("type")
     if kind == "webhook":
-        allowed = {"type", "webhook_url"}
+        allowed = {"type", "webhook_url", "headers"}
         errs = [error(f"Unexpected field: {k}", f"{pointer}/{k}") for k in cfg if k not in allowed]
+        if "headers" in cfg:
+            errs += [
+                error(detail, f"{pointer}/headers/{name}" if name else f"{pointer}/headers")
+                for detail, name in header_errors(cfg["headers"])
+            ]
         url = cfg.get("webhook_url")
         if not isinstance(url, str) or not url:
             return [*errs, error("webhook_url is required and must be a string", f"{pointer}/webhook_url")]
@@ -233,7 +239,10 @@ def validate_request(
         )
     delivery = obj["delivery_config"]
     if delivery["type"] == "webhook":
+        headers = delivery.get("headers")
         delivery = {"type": "webhook", "webhook_url": delivery["webhook_url"]}
+        if headers:
+            delivery["headers"] = headers
     else:
         delivery = {"type": "rabbitmq", "rabbitmq_queue": delivery["rabbitmq_queue"]}
     return NewRequest(

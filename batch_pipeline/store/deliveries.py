@@ -37,11 +37,15 @@ RETURNING r.id, r.custom_id, r.delivery_config, r.result::text AS body, r.error_
           r.delivery_retries
 """
 
-# The attempt rows snapshot each request's delivery_config as it was when sent.
+# The attempt rows snapshot each request's delivery_config as it was when sent, less the receiver's
+# credential headers: those live on the request row only, not once more per attempt.
 RECORD_ATTEMPTS = """
 INSERT INTO batchman.delivery_attempts
     (request_id, delivery_config, outcome, http_status, duration_ms, error_msg, attempted_at)
-SELECT v.id, r.delivery_config, v.outcome, v.http_status, v.duration_ms, v.error_msg, v.attempted_at
+SELECT v.id,
+       CASE WHEN jsonb_typeof(r.delivery_config) = 'object' THEN r.delivery_config - 'headers'
+            ELSE r.delivery_config END,
+       v.outcome, v.http_status, v.duration_ms, v.error_msg, v.attempted_at
 FROM unnest(%s::bigint[], %s::text[], %s::int[], %s::int[], %s::text[], %s::timestamptz[])
     AS v(id, outcome, http_status, duration_ms, error_msg, attempted_at)
 JOIN batchman.requests r ON r.id = v.id

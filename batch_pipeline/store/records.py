@@ -23,7 +23,7 @@ class NewRequest(msgspec.Struct, gc=False):
     payload: str  # the exact JSONL line for OpenAI
     payload_bytes: int
     estimated_tokens: int
-    delivery_config: dict[str, str]
+    delivery_config: dict[str, Any]  # strings, but a webhook's optional ``headers`` object
     input_count: int = 1  # embedding inputs; OpenAI caps them per batch
 
 

@@ -7,6 +7,7 @@ committed before the API answers 202.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import orjson
 import psycopg
@@ -104,7 +105,7 @@ def _copy_text(value: str) -> str:
     return value
 
 
-def _config_field(delivery_config: dict[str, str]) -> str:
+def _config_field(delivery_config: dict[str, Any]) -> str:
     return _copy_text(orjson.dumps(delivery_config).decode())
 
 
@@ -144,7 +145,7 @@ class BulkWriter:
         self._lines: list[str] = []
         self._buffered = 0
         # Bulk calls usually share one or a few delivery configs: format each once.
-        self._configs: dict[tuple[str, ...], str] = {}
+        self._configs: dict[tuple[object, ...], str] = {}
 
     async def __aenter__(self) -> BulkWriter:
         self._copy_cm = self._cursor.copy(COPY_REQUESTS)
@@ -153,7 +154,8 @@ class BulkWriter:
 
     def add(self, request: NewRequest) -> bool:
         """Buffer one row; True when the buffer is full and the caller should ``await flush()``."""
-        key = tuple(request.delivery_config.values())
+        # Values are strings, but for a webhook's ``headers`` (a dict of strings).
+        key = tuple(v if isinstance(v, str) else tuple(v.items()) for v in request.delivery_config.values())
         config = self._configs.get(key)
         if config is None:
             config = self._configs[key] = _config_field(request.delivery_config)

@@ -99,7 +99,12 @@ def test_get_returns_every_request_field_for_a_new_request(
     assert data["url"] == "/v1/responses"
     assert data["model"] == "gpt-4o-mini"
     assert data["state"] == "pending"
-    assert data["delivery_config"] == valid_request()["delivery_config"]
+    # The token in the URL's query is a credential: shown masked, stored as sent.
+    assert data["delivery_config"] == {
+        "type": "webhook",
+        "webhook_url": "https://hooks.example.com/batch?token=***",
+    }
+    assert row["delivery_config"] == valid_request()["delivery_config"]
     assert data["error_msg"] is None
     assert data["request_payload_size"] == row["payload_bytes"] == len(row["payload"].encode())
     assert data["delivery_attempt_count"] == 0
