@@ -13,6 +13,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from batch_pipeline.config import ConfigError, Settings, exposure_error, get_settings, is_loopback
+from batch_pipeline.observability.logs import configure_logging
+from batch_pipeline.observability.metrics import start_multiprocess_dir
 from batch_pipeline.runtime.supervisor import STOP_SIGNALS, StopRequested, raise_on_stop_signals
 
 if TYPE_CHECKING:
@@ -60,6 +62,8 @@ def cmd_api(settings: Settings, args: argparse.Namespace) -> int:
         # The factory below reads get_settings(): afresh in a spawned worker, but with --workers 1 in
         # this process, where main() cached them before DATABASE_URL held the embedded server's URL.
         get_settings.cache_clear()
+        if args.workers > 1:  # the workers' counters are summed through files of this start's own
+            start_multiprocess_dir()
         uvicorn.run(
             "intake_api.main:create_app",
             factory=True,
@@ -67,7 +71,8 @@ def cmd_api(settings: Settings, args: argparse.Namespace) -> int:
             port=settings.port,
             workers=args.workers,
             log_level="info",
-            access_log=False,
+            access_log=False,  # intake_api/request_log.py logs each request, with its id
+            log_config=None,  # uvicorn's lines go through our handler (LOG_FORMAT)
             timeout_keep_alive=settings.api_keepalive_seconds,
         )
     return 0
@@ -120,7 +125,17 @@ def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
     with database(settings) as dsn:
         migrate(dsn)
         env = {**os.environ, "DATABASE_URL": dsn}
+        if not settings.database_url and not settings.dagster_database_url:
+            # The API's readiness reads the daemon's heartbeats there (as runtime/dagster_processes.py).
+            env["DAGSTER_DATABASE_URL"] = _embedded_dagster_url(dsn)
         return _supervise(settings, args, env, dsn)
+
+
+def _embedded_dagster_url(dsn: str) -> str:
+    from batch_pipeline.db import dagster_storage_url
+    from batch_pipeline.runtime.embedded_postgres import DAGSTER_DATABASE
+
+    return dagster_storage_url(dsn, DAGSTER_DATABASE)
 
 
 def _supervise(settings: Settings, args: argparse.Namespace, env: dict[str, str], dsn: str) -> int:
@@ -141,37 +156,20 @@ def _supervise(settings: Settings, args: argparse.Namespace, env: dict[str, str]
         if settings.rabbitmq_url and settings.rabbitmq_input_queue:
             sup.start("rabbitmq-consumer", batchman_argv("consumer"))
         log.info("intake API and UI on http://localhost:%s", settings.port)
-        log.info("Dagster UI on http://localhost:%s", settings.dagster_port)
+        log.info("Dagster UI on http://localhost:%s/dagster (behind the UI's login)", settings.port)
         return sup.wait()
 
 
 def _start_dagster(sup: Supervisor, settings: Settings, env: dict[str, str], dsn: str) -> None:
     """Dagster webserver and daemon, sharing one instance (DAGSTER_HOME) stored in Postgres."""
-    import shutil
-
-    from batch_pipeline.db import dagster_storage_url
-    from batch_pipeline.runtime.embedded_postgres import DAGSTER_DATABASE
+    from batch_pipeline.runtime import dagster_processes as dp
 
     root = project_root()
-    home = settings.data_dir.resolve() / "dagster_home"
-    home.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(root / "dagster.yaml", home / "dagster.yaml")
-    env["DAGSTER_HOME"] = str(home)
-    # Embedded Postgres: Dagster gets its own database. External: the same database; Dagster's
-    # tables live in the public schema, ours in `batchman`.
-    env["DAGSTER_PG_URL"] = settings.dagster_database_url or dagster_storage_url(
-        dsn, DAGSTER_DATABASE if not settings.database_url else None
-    )
-    workspace = str(root / "workspace.yaml")
-    bin_dir = Path(sys.executable).parent
-    sup.start(
-        "dagster-webserver",
-        [
-            str(bin_dir / "dagster-webserver"),
-            *("-h", settings.dagster_host, "-p", str(settings.dagster_port), "-w", workspace),
-        ],
-    )
-    sup.start("dagster-daemon", [str(bin_dir / "dagster-daemon"), "run", "-w", workspace])
+    env.pop("DAGSTER_HOME", None)  # `up` always uses its own, under DATA_DIR
+    dp.dagster_env(settings, env, dsn, root / "dagster.yaml")
+    workspace = root / "workspace.yaml"
+    sup.start("dagster-webserver", dp.webserver_argv(settings.dagster_host, settings.dagster_port, workspace))
+    sup.start("dagster-daemon", dp.daemon_argv(workspace))
 
 
 def project_root() -> Path:
@@ -183,6 +181,33 @@ def cmd_consumer(settings: Settings, _: argparse.Namespace) -> int:
     from batch_pipeline.intake.rabbitmq import main as consumer_main
 
     return consumer_main() or 0
+
+
+def dagster_role(settings: Settings, args: argparse.Namespace) -> tuple[list[str], dict[str, str]]:
+    """The command line and environment of one Dagster process of the image (see ``cmd_dagster``)."""
+    from batch_pipeline.runtime import dagster_processes as dp
+
+    if not settings.database_url:
+        raise ConfigError(f"{args.command} needs DATABASE_URL (an embedded Postgres is for `batchman up`)")
+    env = dict(os.environ)
+    dp.dagster_env(settings, env, settings.database_url, project_root() / "dagster.yaml")
+    if args.command == "dagster-code-server":
+        return dp.code_server_argv(args.host, args.port), env
+    workspace = Path(args.workspace) if args.workspace else project_root() / "workspace.yaml"
+    if args.command == "dagster-daemon":
+        return dp.daemon_argv(workspace), env
+    host, port = args.host or settings.dagster_host, args.port or settings.dagster_port
+    return dp.webserver_argv(host, port, workspace), env
+
+
+def cmd_dagster(settings: Settings, args: argparse.Namespace) -> int:
+    """One Dagster process in the foreground (a container's role): exec'd, so stop signals reach it."""
+    try:
+        argv, env = dagster_role(settings, args)
+    except ConfigError as exc:
+        print(f"batchman: {exc}", file=sys.stderr)
+        return 2
+    os.execve(argv[0], argv, env)  # never returns
 
 
 # Commands that may start an embedded Postgres: a stop signal must unwind them so that it is stopped.
@@ -207,11 +232,29 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--host", default=None, help="interface to bind (default SIMULATOR_HOST, 127.0.0.1)")
     sim.add_argument("--port", type=int, default=None)
     sim.set_defaults(func=cmd_simulator)
+    _add_dagster_roles(sub)
     return parser
 
 
+def _add_dagster_roles(sub: argparse._SubParsersAction) -> None:
+    """The Dagster processes one by one, for containers (``up`` starts them all itself)."""
+    from batch_pipeline.runtime.dagster_processes import CODE_SERVER_PORT
+
+    code = sub.add_parser("dagster-code-server", help="serve the Dagster definitions over gRPC")
+    code.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1)")
+    code.add_argument("--port", type=int, default=CODE_SERVER_PORT)
+    web = sub.add_parser("dagster-webserver", help="run the Dagster UI (served by the API at /dagster)")
+    web.add_argument("--host", default=None, help="interface to bind (default DAGSTER_HOST)")
+    web.add_argument("--port", type=int, default=None, help="port (default DAGSTER_PORT)")
+    daemon = sub.add_parser("dagster-daemon", help="run the Dagster daemon (sensors, run queue); one only")
+    for role in (web, daemon):
+        role.add_argument("--workspace", default=None, help="workspace.yaml (default: the checkout's)")
+    for role in (code, web, daemon):
+        role.set_defaults(func=cmd_dagster)
+
+
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(None)  # text until the settings are read (a bad one is reported through it)
     args = build_parser().parse_args(argv)
     if args.command not in STOPPED_BY_UNWINDING:
         return _run(args)
@@ -235,6 +278,7 @@ def _run(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"batchman: {exc}", file=sys.stderr)
         return 2
+    configure_logging(settings)  # LOG_FORMAT for this process; children read it from the environment
     if args.command in SERVICES:
         args.host = args.host or settings.host
         if error := exposure_error(settings, args.host):

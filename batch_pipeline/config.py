@@ -106,6 +106,14 @@ class Settings(BaseSettings):
     # request on a connection the server is closing at that moment (a spurious connection error).
     api_keepalive_seconds: int = Field(75, ge=1, le=3600)
 
+    # --- Observability ---------------------------------------------------------------------------
+    log_format: Literal["text", "json"] = Field("text", description="json: one JSON object a line.")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    # /metrics follows API_TOKEN like the API; true opens it to anyone reaching the port.
+    metrics_public: bool = False
+    # /health/ready fails when a Dagster daemon heartbeat is older than this (it beats every 30 s).
+    ready_daemon_max_age_seconds: int = Field(120, ge=30)
+
     # --- RabbitMQ -------------------------------------------------------------------------------
     rabbitmq_url: str | None = None
     rabbitmq_input_queue: str | None = None
@@ -117,7 +125,8 @@ class Settings(BaseSettings):
     api_token: SecretStr | None = Field(None, description="When set, the API and UI require it.")
     custom_id_max_length: int = Field(512, ge=1, le=512)  # 512 x 4 UTF-8 bytes fits the unique index
     intake_max_body_bytes: int = Field(16 * 1024 * 1024, ge=1024)
-    bulk_max_items: int = Field(50_000, ge=1, le=1_000_000)
+    # Each API process keeps a decoder with one field per item (intake_api/body.py): 50,000 cost 32 MB.
+    bulk_max_items: int = Field(50_000, ge=1, le=100_000)
     bulk_max_body_bytes: int = Field(256 * 1024 * 1024, ge=1024)
 
     # --- Batching -------------------------------------------------------------------------------
@@ -137,10 +146,14 @@ class Settings(BaseSettings):
     openai_delete_files: bool = True
     retention_days: int = Field(30, ge=1)
     dagster_run_retention_days: int = Field(30, ge=1)
+    # Prices for the cost and savings figures; unset: the table shipped in batch_pipeline/prices.json.
+    model_prices_file: Path | None = Field(None, description="A JSON file shaped like prices.json.")
 
     # --- Delivery -------------------------------------------------------------------------------
     disable_delivery_retry: bool = False
     webhook_signing_secret: SecretStr | None = None
+    # Failed checks, failed runs and failed batches are POSTed here (signed with the secret above).
+    alert_webhook_url: str | None = Field(None, description="Unset: alerts only go to the batch history.")
     webhook_block_private_networks: bool = False
     webhook_allowed_hosts: str = ""
     # Waits between attempts after a transient failure (seconds, comma-separated); one attempt more than
@@ -186,7 +199,12 @@ class Settings(BaseSettings):
         return normalize_database_url(value)
 
     @field_validator(
-        "openai_api_key", "openai_webhook_secret", "api_token", "webhook_signing_secret", mode="before"
+        "openai_api_key",
+        "openai_webhook_secret",
+        "api_token",
+        "webhook_signing_secret",
+        "alert_webhook_url",
+        mode="before",
     )
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
@@ -210,7 +228,9 @@ class Settings(BaseSettings):
             return None
         return dagster_storage_url(normalize_database_url(value))
 
-    @field_validator("rabbitmq_url", "rabbitmq_input_queue", "openai_base_url", mode="before")
+    @field_validator(
+        "rabbitmq_url", "rabbitmq_input_queue", "openai_base_url", "model_prices_file", mode="before"
+    )
     @classmethod
     def _empty_str_is_unset(cls, value: object) -> object:
         return None if value == "" else value

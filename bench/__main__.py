@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-BENCHES = ("intake", "pipeline", "delivery")
+BENCHES = ("intake", "hostile", "pipeline", "delivery", "ui")
 
 
 def main(argv: list[str]) -> int:

@@ -1,21 +1,29 @@
-"""What every request meets before any of its body is read: the API token and a size cap.
+"""What every request meets before any of its body is read: the API token (or, for the operator UI,
+the session cookie) and a size cap.
 
 A pure ASGI middleware, because FastAPI reads and parses a route's declared body before it runs the
 route's dependencies: with the token check only in a dependency, a caller without a token could make
 the server read and parse megabytes first. Here a missing token is a 401 and an announced body over
 the route's cap a 413 before the first body byte is received; a body that turns out larger than it
 announced (or a chunked one) is cut off at the cap.
+
+The UI's pages, its live fragments and the ``/dagster`` proxy (HTTP and WebSocket) take the signed
+session cookie instead (``intake_api.session``): without a logged-in session a page is redirected to
+``/login``, anything else is a 401 (a WebSocket is refused). The decoded session goes on to the app in
+``scope["state"]["ui_session"]``; the UI checks each form's CSRF token against it.
 """
 
 from __future__ import annotations
 
 import hmac
 from collections.abc import Mapping
+from urllib.parse import quote
 
 import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from batch_pipeline.config import Settings
+from intake_api import session as ui_session
 from intake_api.errors import envelope_item
 
 # Bodies of the operator routes (batches, settings) are a few hundred bytes.
@@ -23,6 +31,10 @@ SMALL_BODY_BYTES = 1024 * 1024
 # Routes that check something of their own instead: the OpenAI webhook verifies OpenAI's signature
 # (and caps its body), and the API's documentation is public.
 OPEN_PATHS = ("/api/openai/webhook", "/api/openapi", "/api/swaggerui")
+# Outside /api: what anyone may load without a session (the login form, probes, our CSS and JS).
+UI_OPEN_PATHS = ("/login", "/health", "/ui/static/", "/favicon.ico")
+# Dagster's own requests go through as they are (its webserver applies its own limits).
+UI_UNCAPPED_PATHS = ("/dagster",)
 
 
 def token_ok(headers: Mapping[str, str], token: str) -> bool:
@@ -48,7 +60,13 @@ class Guard:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = scope.get("path", "")
-        if scope["type"] != "http" or not path.startswith("/api/") or path.startswith(OPEN_PATHS):
+        if scope["type"] not in ("http", "websocket"):
+            await self.app(scope, receive, send)
+            return
+        if not path.startswith("/api/"):
+            await self._ui(scope, receive, send, path)
+            return
+        if path.startswith(OPEN_PATHS):
             await self.app(scope, receive, send)
             return
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
@@ -62,6 +80,39 @@ class Guard:
             await _refuse(send, 413, *_too_large(cap))
             return
         await _Capped(receive, send, cap).run(self.app, scope)
+
+    async def _ui(self, scope: Scope, receive: Receive, send: Send, path: str) -> None:
+        """The session cookie instead of the token; its absence is a redirect to the login page."""
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        key = ui_session.signing_key(self.settings)
+        found = ui_session.decode(key, ui_session.cookie_from_header(headers.get("cookie", "")))
+        scope.setdefault("state", {})["ui_session"] = found
+        needs_login = self.settings.api_token is not None and not (found and found.authed)
+        if not needs_login or path.startswith(UI_OPEN_PATHS):
+            if scope["type"] == "websocket" or path.startswith(UI_UNCAPPED_PATHS):
+                await self.app(scope, receive, send)
+                return
+            # The UI's forms are a few hundred bytes; the login form is open to anyone.
+            declared = headers.get("content-length", "")
+            if declared.isdigit() and int(declared) > SMALL_BODY_BYTES:
+                await _refuse(send, 413, *_too_large(SMALL_BODY_BYTES))
+                return
+            await _Capped(receive, send, SMALL_BODY_BYTES).run(self.app, scope)
+        elif scope["type"] == "websocket":
+            await send({"type": "websocket.close", "code": 1008})  # before accept: a 403 to the client
+        elif scope.get("method") == "GET" and "text/html" in headers.get("accept", ""):
+            query = scope.get("query_string", b"").decode("latin-1")
+            target = quote(path + (f"?{query}" if query else ""), safe="")
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": 303,
+                    "headers": [(b"location", f"/login?next={target}".encode()), (b"content-length", b"0")],
+                }
+            )
+            await send({"type": "http.response.body", "body": b""})
+        else:
+            await _refuse(send, 401, "unauthorized", "Unauthorized", "Log in at /login first.")
 
 
 def _too_large(cap: int) -> tuple[str, str, str]:

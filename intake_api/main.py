@@ -14,11 +14,15 @@ from psycopg_pool import AsyncConnectionPool
 import batch_pipeline
 from batch_pipeline.config import Settings, get_settings
 from batch_pipeline.intake.service import IntakeService
+from batch_pipeline.observability.logs import configure_logging
 from intake_api.errors import install_error_handlers
 from intake_api.guard import Guard
-from intake_api.routes import batches, health, openai_webhook, requests
+from intake_api.request_log import RequestLog
+from intake_api.routes import batches, health, intake_control, openai_webhook, requests, usage
 from intake_api.routes import settings as settings_routes
+from intake_api.routes.metrics import MetricsEndpoint
 from intake_api.schemas import RequestInput
+from intake_api.ui import install as install_ui
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +33,7 @@ EXTRA_SCHEMAS = (RequestInput,)
 def create_app(settings: Settings | None = None, database_url: str | None = None) -> FastAPI:
     """Build the app. ``database_url`` overrides ``settings.database_url`` (e.g. the embedded server)."""
     settings = settings or get_settings()
+    configure_logging(settings)  # again in each spawned worker, where nothing configured it
     dsn = database_url or settings.database_url
     if not dsn:
         raise RuntimeError("no database URL: set DATABASE_URL or start through `batchman up`")
@@ -64,11 +69,18 @@ def create_app(settings: Settings | None = None, database_url: str | None = None
     install_error_handlers(app)
     # Token and size cap before any body is read (outermost, so nothing runs before it).
     app.add_middleware(Guard, settings=settings)
+    # Outside the guard: /metrics checks the token itself (the guard sends non-/api paths to the UI
+    # login); outermost, every answer (refusals too) gets its x-request-id and its access log line.
+    app.add_middleware(MetricsEndpoint, settings=settings)
+    app.add_middleware(RequestLog)
     app.include_router(health.router)
     app.include_router(requests.router)
     app.include_router(batches.router)
     app.include_router(settings_routes.router)
     app.include_router(openai_webhook.router)
+    app.include_router(intake_control.router)
+    app.include_router(usage.router)
+    install_ui(app, settings)  # the operator UI's pages and the /dagster proxy (intake_api/ui/)
     app.openapi = lambda: _openapi(app, settings)  # type: ignore[method-assign]
     return app
 

@@ -47,6 +47,23 @@ class BatchTransition(BaseModel):
     transitioned_at: datetime
 
 
+class BatchCost(BaseModel):
+    """Estimated vs reported tokens, and what they cost (``admin.usage.batch_cost``)."""
+
+    estimated_tokens: int = Field(description="Our estimate of the input tokens, at intake.")
+    reported: bool = Field(description="Whether OpenAI reported usage for the batch yet.")
+    requests: int | None = Field(description="Requests OpenAI completed.")
+    input_tokens: int | None = Field(description="Reported; includes the cached tokens.")
+    cached_tokens: int | None
+    output_tokens: int | None
+    reasoning_tokens: int | None
+    batch_cost_usd: float | None = Field(description="At batch rates; None until reported or if unpriced.")
+    sync_cost_usd: float | None = Field(description="The same tokens at synchronous rates.")
+    savings_usd: float | None
+    priced: bool = Field(description="Whether the price table has the batch's model.")
+    prices_taken_on: str
+
+
 class BatchDetail(BatchSummary):
     openai_input_file_id: str | None
     openai_output_file_id: str | None
@@ -68,6 +85,7 @@ class BatchDetail(BatchSummary):
     files_deleted_at: datetime | None
     request_counts: dict[str, int] = Field(description="Requests of this batch per request state.")
     transitions: list[BatchTransition] = Field(description="Every state change, oldest first.")
+    cost: BatchCost | None = Field(None, description="Tokens estimated and reported, cost and savings.")
 
 
 class UploadNowInput(BaseModel):

@@ -35,3 +35,7 @@ class NotRedeliverable(RuntimeError):
 
 class OpenAICallFailed(RuntimeError):
     """OpenAI (or the network to it) refused an action; nothing was changed on our side."""
+
+
+class FileNotAvailable(LookupError):
+    """A batch exists but the file asked for does not: not written yet, none of that kind, or deleted."""

@@ -9,13 +9,16 @@ from __future__ import annotations
 import dagster as dg
 
 from batch_pipeline.config import Settings, get_settings
+from batch_pipeline.defs.alerts import make_alert_sensor
+from batch_pipeline.defs.assets import ASSET_CHECKS, ASSET_SPECS
 from batch_pipeline.defs.batching import make_batching_sensor
+from batch_pipeline.defs.checks import checks_job
 from batch_pipeline.defs.cleanup import cleanup_job, cleanup_schedule
 from batch_pipeline.defs.delivery import deliver_job, make_delivery_sensor, redeliver_job
 from batch_pipeline.defs.resources import build_resources
-from batch_pipeline.defs.results import results_job
+from batch_pipeline.defs.results import refresh_status_job, results_job
 from batch_pipeline.defs.status import make_status_sensor
-from batch_pipeline.defs.upload import upload_job
+from batch_pipeline.defs.upload import restart_job, upload_job
 
 
 def build_definitions(settings: Settings, dsn: str | None = None) -> dg.Definitions:
@@ -23,11 +26,23 @@ def build_definitions(settings: Settings, dsn: str | None = None) -> dg.Definiti
     # every OPENAI_POLL_INTERVAL_SECONDS (its next_check_at).
     status_interval = min(settings.sensor_interval_seconds, settings.openai_poll_interval_seconds)
     return dg.Definitions(
-        jobs=[upload_job, results_job, deliver_job, redeliver_job, cleanup_job],
+        assets=ASSET_SPECS,
+        asset_checks=ASSET_CHECKS,
+        jobs=[
+            upload_job,
+            results_job,
+            deliver_job,
+            redeliver_job,
+            refresh_status_job,
+            restart_job,
+            checks_job,
+            cleanup_job,
+        ],
         sensors=[
             make_batching_sensor(upload_job, settings.sensor_interval_seconds),
             make_status_sensor(results_job, status_interval),
             make_delivery_sensor(deliver_job, settings.sensor_interval_seconds),
+            make_alert_sensor(settings.sensor_interval_seconds),
         ],
         schedules=[cleanup_schedule],
         resources=build_resources(settings, dsn),

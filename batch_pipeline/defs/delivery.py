@@ -6,12 +6,14 @@ with bounded concurrency (``batch_pipeline.delivery.deliverer``). Retries are ro
 """
 
 import asyncio
+import time
 
 import dagster as dg
 import psycopg
 from pydantic import Field
 
-from batch_pipeline.defs.partitions import batch_partitions
+from batch_pipeline.defs import reports
+from batch_pipeline.defs.partitions import batch_partitions, batch_run_config
 from batch_pipeline.defs.resources import PostgresParam, SettingsParam
 from batch_pipeline.delivery.deliverer import DeliveryOptions, deliver_batch
 from batch_pipeline.states import REDELIVER_BATCH_REQUESTS
@@ -44,6 +46,7 @@ def deliver_results(
 ) -> dict:
     """Send every due result of the batch; settle the batch outcome when nothing is left open."""
     batch_id = _batch_id(context)
+    started = time.monotonic()
     try:
         if not proceed:
             return {"batch_id": batch_id, "attempts": 0}
@@ -54,6 +57,8 @@ def deliver_results(
         with postgres.connect() as conn:
             store.release_batch(conn, batch_id)
     summary = report.as_dict()
+    seconds = time.monotonic() - started
+    reports.log(context, postgres, lambda c: reports.after_delivery(c, batch_id, summary, seconds))
     context.add_output_metadata(
         {
             "attempts": report.attempts,
@@ -93,20 +98,35 @@ def reset_for_redelivery(
         )
 
 
-# Every run carries its batch id as a tag, so a tag concurrency limit can keep one run per batch.
-_partitioned_config = dg.PartitionedConfig(
+@dg.job(
     partitions_def=batch_partitions,
-    run_config_for_partition_key_fn=lambda _key: {},
-    tags_for_partition_key_fn=lambda key: {"batch_id": key},
+    executor_def=dg.in_process_executor,
+    config=batch_run_config("delivery"),
+    description=(
+        "Send the batch's due results to their webhooks or queues (launched by delivery_sensor, one run "
+        "per wave). Per state: ready_to_deliver / delivering → claims the due results, sends them and "
+        "settles the batch (delivered, partially_delivered or delivery_failed) when none is left open; "
+        "retries due later are the next wave; any other state → nothing. Already delivered results are "
+        "never sent again by this job: use redeliver_job."
+    ),
 )
-
-
-@dg.job(partitions_def=batch_partitions, executor_def=dg.in_process_executor, config=_partitioned_config)
 def deliver_job() -> None:
     deliver_results(begin_delivery())
 
 
-@dg.job(partitions_def=batch_partitions, executor_def=dg.in_process_executor, config=_partitioned_config)
+@dg.job(
+    partitions_def=batch_partitions,
+    executor_def=dg.in_process_executor,
+    config=batch_run_config("delivery"),
+    description=(
+        "Send a batch's results again. Which: the run tag `batchman/redeliver_only` = `failed` "
+        "(default; only delivery_failed results) or `all` (every stored result), or the op config "
+        "`only`; the tag wins, so a backfill launched with the tag applies it to every batch. Per "
+        "state: delivered / partially_delivered / delivery_failed / delivering / ready_to_deliver → "
+        "makes those results due and delivers them in this run; any other state → nothing is sent; "
+        "a batch that no longer exists → the run fails."
+    ),
+)
 def redeliver_job() -> None:
     deliver_results(reset_for_redelivery())
 

@@ -26,6 +26,7 @@ reconnect); split across modules its state would have to be shared between them.
 from __future__ import annotations
 
 import collections
+import contextlib
 import logging
 import time
 from collections.abc import Sequence
@@ -145,6 +146,20 @@ class RabbitPublisher:
             on_close_callback=self._on_connection_closed,
         )
 
+    def _run_loop(self) -> None:
+        assert self._conn is not None
+        try:
+            self._conn.ioloop.start()
+        except (ValueError, OSError) as exc:
+            # A socket reset between TCP connect and pika's own set-up escapes the loop ("Expected
+            # connected socket, but getpeername() failed") instead of reaching on_open_error: the same
+            # thing, a connection that could not open. Drop it; the caller reconnects or gives up.
+            self._error = f"cannot connect to RabbitMQ: {exc!r}"
+            self._channel = None
+            with contextlib.suppress(Exception):
+                self._conn.ioloop.close()
+            self._conn = None
+
     def _on_open_error(self, conn: SelectConnection, exc: BaseException) -> None:
         self._error = f"cannot connect to RabbitMQ: {exc!r}"
         conn.ioloop.stop()
@@ -260,7 +275,7 @@ class RabbitPublisher:
                 self._conn.ioloop.call_later(
                     min(1.0, self.confirm_timeout / 4), lambda g=gen: self._watchdog(g)
                 )
-                self._conn.ioloop.start()
+                self._run_loop()
                 if batch.done:
                     break
                 # The loop stopped early: the connection or channel went away. Publish what was not

@@ -16,6 +16,9 @@ The queue is never declared (it must exist). Connection loss or a missing queue 
 same backoff, which starts over only after real progress (the broker registered our consumer, or a
 batch was stored), so a missing queue is retried 1 s, 2 s, 4 s … 30 s apart, not every second.
 SIGTERM/SIGINT stop cleanly: the batch in hand is finished, unacked prefetched messages are requeued.
+Intake pause (``POST /api/intake/pause``): the flag is read about once a second; once it is set the
+batch in hand is finished, the consumer is cancelled (prefetched messages go back to the queue) and
+the connection idles until intake resumes, then consumes again. Messages wait in the queue meanwhile.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import asyncio
 import logging
 import signal
 import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -33,6 +37,7 @@ import psycopg
 
 from batch_pipeline.config import Settings, get_settings
 from batch_pipeline.intake.service import IntakeService, Outcome
+from batch_pipeline.store import intake_control
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +49,7 @@ DB_ERRORS = (psycopg.OperationalError, psycopg.InterfaceError)
 # a revoked privilege, a missing table, out of resources) refuses every message alike: retrying one by
 # one would reject, and so drop or dead-letter, the whole queue. Requeue and back off instead.
 ROW_ERROR_CLASSES = frozenset({"22", "23", "54"})
+PAUSE_POLL_SECONDS = 1.0  # how often the intake pause flag is read (the API caches it as long)
 
 
 def database_unavailable(exc: BaseException) -> bool:
@@ -83,6 +89,7 @@ class IntakeConsumer:
         self._runner = asyncio.Runner()
         self._db: psycopg.AsyncConnection | None = None
         self._backoff = BACKOFF_START
+        self._paused_flag, self._pause_read_at = False, float("-inf")
         # Waits between reconnects; returns early on stop(). Injectable so tests need not sleep.
         self._sleep = sleep or self._stop.wait
 
@@ -101,6 +108,34 @@ class IntakeConsumer:
             await self._db.close()  # a half-done transaction or a broken link: start clean next time
             self._db = None
             raise
+
+    async def _read_paused(self) -> bool:
+        if self._db is None or self._db.closed:
+            self._db = await psycopg.AsyncConnection.connect(self.dsn, connect_timeout=5)
+        try:
+            paused, _ = await intake_control.get_state(self._db)
+        finally:
+            await self._db.rollback()  # leave no transaction open under the next submit
+        return paused
+
+    def _paused(self) -> bool:
+        """The intake pause flag, read at most once per PAUSE_POLL_SECONDS. Unreadable (the database is
+        away): the last reading stands, and the next submit meets the outage and backs off."""
+        now = time.monotonic()
+        if now - self._pause_read_at >= PAUSE_POLL_SECONDS:
+            self._pause_read_at = now
+            try:
+                self._paused_flag = self._runner.run(self._read_paused())
+            except psycopg.Error as exc:
+                log.warning("could not read the intake pause flag: %s", exc)
+        return self._paused_flag
+
+    def _wait_while_paused(self, connection: pika.BlockingConnection) -> None:
+        log.info("intake paused: not consuming %s until it resumes", self.queue)
+        while not self._stop.is_set() and self._paused():
+            connection.sleep(PAUSE_POLL_SECONDS / 2)  # keeps heartbeats going
+        if not self._stop.is_set():
+            log.info("intake resumed: consuming %s again", self.queue)
 
     # --- one batch -------------------------------------------------------------------------------------
 
@@ -195,32 +230,40 @@ class IntakeConsumer:
         try:
             channel = conn.channel()
             channel.basic_qos(prefetch_count=self.prefetch)
-            batch: list[Message] = []
-            registered = False
-            for method, _props, body in channel.consume(self.queue, inactivity_timeout=FLUSH_SECONDS):
-                if not registered:
-                    # The first event means basic.consume succeeded (a missing queue raises before
-                    # any): only now is the backoff reset. Resetting when the connection opened made
-                    # a missing queue spin at 1 s forever.
-                    registered = True
-                    self._backoff = BACKOFF_START
-                    log.info(
-                        "consuming %s (prefetch %d, batches of %d)",
-                        self.queue,
-                        self.prefetch,
-                        self.batch_size,
-                    )
-                if method is not None:
-                    batch.append(Message(method.delivery_tag, body))
-                if batch and (method is None or len(batch) >= self.batch_size):
-                    self._handle(channel, batch)
-                    batch = []
-                if self._stop.is_set() and not batch:
-                    break
-            channel.cancel()
+            while not self._stop.is_set():
+                if self._paused():
+                    self._wait_while_paused(conn)
+                    continue
+                self._consume_until_paused(channel)
         finally:
             if conn.is_open:
                 conn.close()
+
+    def _consume_until_paused(self, channel: pika.adapters.blocking_connection.BlockingChannel) -> None:
+        """Consume until stop() or an intake pause; then cancel (unacked prefetched messages requeued)."""
+        batch: list[Message] = []
+        registered = False
+        for method, _props, body in channel.consume(self.queue, inactivity_timeout=FLUSH_SECONDS):
+            if not registered:
+                # The first event means basic.consume succeeded (a missing queue raises before
+                # any): only now is the backoff reset. Resetting when the connection opened made
+                # a missing queue spin at 1 s forever.
+                registered = True
+                self._backoff = BACKOFF_START
+                log.info(
+                    "consuming %s (prefetch %d, batches of %d)",
+                    self.queue,
+                    self.prefetch,
+                    self.batch_size,
+                )
+            if method is not None:
+                batch.append(Message(method.delivery_tag, body))
+            if batch and (method is None or len(batch) >= self.batch_size):
+                self._handle(channel, batch)
+                batch = []
+            if not batch and (self._stop.is_set() or self._paused()):
+                break
+        channel.cancel()
 
     def run(self) -> None:
         """Consume until ``stop()``; reconnect with backoff when the broker or the queue goes away."""

@@ -64,6 +64,22 @@ async def _chunks(items: Iterable[Any] | AsyncIterable[list[Any]]) -> AsyncItera
         yield items
 
 
+# Items at least this large are decoded by msgspec, where they lie: orjson copies a buffer first and
+# puts the whole document into the error it raises (each a copy of the item, for a hostile one).
+LARGE_ITEM_BYTES = 1024 * 1024
+_decode_large = msgspec.json.Decoder().decode
+
+
+def _decode(raw: bytes | bytearray | memoryview) -> Any:
+    """The decoded item, or ``Undecodable`` with the reason."""
+    try:
+        return orjson.loads(raw) if len(raw) < LARGE_ITEM_BYTES else _decode_large(raw)
+    except orjson.JSONDecodeError as exc:
+        return Undecodable(f"not valid JSON: {exc}")
+    except (msgspec.DecodeError, RecursionError) as exc:
+        return Undecodable(f"not valid JSON: {exc}")
+
+
 class IntakeService:
     def __init__(self, settings: Settings) -> None:
         self.limits = Limits(
@@ -100,13 +116,11 @@ class IntakeService:
         in a bulk call, which error pointers start with.
         """
         if isinstance(obj, bytes | bytearray | memoryview):
-            fast = fast_validate(bytes(obj), self.limits, self.url_policy)
+            # A buffer (a long NDJSON line) is decoded where it lies, not copied for the fast path.
+            fast = fast_validate(obj, self.limits, self.url_policy) if isinstance(obj, bytes) else None
             if fast is not None and fast.estimated_tokens <= self._token_limit(fast.model):
                 return fast
-            try:
-                obj = orjson.loads(obj)
-            except orjson.JSONDecodeError as exc:
-                obj = Undecodable(f"not valid JSON: {exc}")
+            obj = _decode(obj)
         pointer = "" if index is None else f"/{index}"  # built off the fast path only
         if isinstance(obj, Undecodable):
             return Outcome(

@@ -173,6 +173,7 @@ def _store(
                 "batch %s: OpenAI returned several lines for some requests; one each is kept", batch_id
             )
         resubmitted, processed = store.apply_staged(conn, batch_id, max_resubmits)
+        store.usage_from_lines(conn, batch_id)  # only when OpenAI reported no usage for the batch
         # Requests OpenAI returned no line for: go again unless the batch was cancelled by us.
         leftover_kind = "failed" if batch["openai_status"] == "cancelled" and not _expired(batch) else "retry"
         leftovers = _apply_leftovers(conn, batch, leftover_kind, max_resubmits)

@@ -120,6 +120,55 @@ DELETE FROM results_staging WHERE ctid IN (
 """
 
 
+# When OpenAI's batch object carried no ``usage`` (batches from before OpenAI reported it, compatible
+# APIs), the batch's tokens are summed from the usage of its result lines instead: Responses names
+# them input/output_tokens, Chat Completions and Embeddings prompt/completion_tokens. Only JSON
+# numbers count (a string there must not fail the results run); sums are capped to bigint.
+USAGE_FROM_LINES = """
+UPDATE batchman.batches b
+SET input_tokens = t.input_tokens, cached_tokens = coalesce(t.cached_tokens, 0),
+    output_tokens = coalesce(t.output_tokens, 0), reasoning_tokens = coalesce(t.reasoning_tokens, 0),
+    updated_at = now()
+FROM (
+    SELECT least(sum(coalesce(n.input, n.prompt)), 9223372036854775807)::bigint AS input_tokens,
+           least(sum(coalesce(n.input_cached, n.prompt_cached)), 9223372036854775807)::bigint
+               AS cached_tokens,
+           least(sum(coalesce(n.output, n.completion)), 9223372036854775807)::bigint AS output_tokens,
+           least(sum(coalesce(n.output_reasoning, n.completion_reasoning)), 9223372036854775807)::bigint
+               AS reasoning_tokens
+    FROM results_staging s
+    CROSS JOIN LATERAL (SELECT s.line #> '{response,body,usage}' AS u) usage
+    CROSS JOIN LATERAL (
+        SELECT
+            CASE WHEN jsonb_typeof(u -> 'input_tokens') = 'number'
+                 THEN (u ->> 'input_tokens')::numeric END AS input,
+            CASE WHEN jsonb_typeof(u -> 'prompt_tokens') = 'number'
+                 THEN (u ->> 'prompt_tokens')::numeric END AS prompt,
+            CASE WHEN jsonb_typeof(u #> '{input_tokens_details,cached_tokens}') = 'number'
+                 THEN (u #>> '{input_tokens_details,cached_tokens}')::numeric END AS input_cached,
+            CASE WHEN jsonb_typeof(u #> '{prompt_tokens_details,cached_tokens}') = 'number'
+                 THEN (u #>> '{prompt_tokens_details,cached_tokens}')::numeric END AS prompt_cached,
+            CASE WHEN jsonb_typeof(u -> 'output_tokens') = 'number'
+                 THEN (u ->> 'output_tokens')::numeric END AS output,
+            CASE WHEN jsonb_typeof(u -> 'completion_tokens') = 'number'
+                 THEN (u ->> 'completion_tokens')::numeric END AS completion,
+            CASE WHEN jsonb_typeof(u #> '{output_tokens_details,reasoning_tokens}') = 'number'
+                 THEN (u #>> '{output_tokens_details,reasoning_tokens}')::numeric END AS output_reasoning,
+            CASE WHEN jsonb_typeof(u #> '{completion_tokens_details,reasoning_tokens}') = 'number'
+                 THEN (u #>> '{completion_tokens_details,reasoning_tokens}')::numeric END
+                 AS completion_reasoning
+    ) n
+    WHERE jsonb_typeof(u) = 'object'
+) t
+WHERE b.id = %s AND b.input_tokens IS NULL AND t.input_tokens IS NOT NULL
+"""
+
+
+def usage_from_lines(conn: psycopg.Connection, batch_id: int) -> bool:
+    """Fill the batch's token columns from its staged lines when OpenAI reported none (see above)."""
+    return conn.execute(USAGE_FROM_LINES, (batch_id,)).rowcount == 1
+
+
 def dedupe_staged(conn: psycopg.Connection) -> int:
     """Keep one staged line per custom_id (see DEDUPE_STAGING); returns how many were dropped."""
     return conn.execute(DEDUPE_STAGING).rowcount

@@ -12,11 +12,19 @@ from contextlib import contextmanager
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Body, Depends, Query, Request, Response
+from fastapi.responses import StreamingResponse
 
 from batch_pipeline.admin import batches as admin
-from batch_pipeline.admin import cancel
-from batch_pipeline.admin.errors import BatchNotFound, InvalidBatchState, NotRedeliverable, OpenAICallFailed
-from intake_api.deps import ConnDep, SettingsDep, require_token
+from batch_pipeline.admin import cancel, files, usage
+from batch_pipeline.admin.errors import (
+    BatchNotFound,
+    FileNotAvailable,
+    InvalidBatchState,
+    NotRedeliverable,
+    OpenAICallFailed,
+)
+from batch_pipeline.pricing import load_prices
+from intake_api.deps import ConnDep, PoolDep, SettingsDep, require_token
 from intake_api.errors import ApiError
 from intake_api.schemas import EndpointUrl, errors_doc
 from intake_api.schemas_batches import (
@@ -95,9 +103,38 @@ async def upload_queued(
     responses=errors_doc(401, 404, 422),
     summary="A batch with its request counts per state, transitions, OpenAI ids and usage",
 )
-async def get_batch(batch_id: int, conn: ConnDep) -> dict:
+async def get_batch(batch_id: int, conn: ConnDep, settings: SettingsDep) -> dict:
     with _as_api_errors():
-        return await admin.get_batch(conn, batch_id)
+        detail = await admin.get_batch(conn, batch_id)
+    prices = load_prices(settings.model_prices_file)
+    detail["cost"] = await usage.batch_cost(conn, batch_id, prices=prices)
+    return detail
+
+
+@router.get(
+    "/{batch_id}/files/{kind}",
+    response_class=StreamingResponse,
+    responses={
+        200: {"content": {"application/jsonl": {}}, "description": "The file, streamed from OpenAI."},
+        **errors_doc(401, 404, 409, 422, 502),
+    },
+    summary="Download the batch's input, output or error file (streamed, never held whole)",
+)
+async def get_batch_file(
+    batch_id: int, kind: Literal["input", "output", "error"], pool: PoolDep, settings: SettingsDep
+) -> StreamingResponse:
+    with _as_api_errors():
+        try:
+            # Found and answered by OpenAI before the headers go out, so errors get their status.
+            stream = await files.open_batch_file(settings, pool, batch_id, kind)
+        except FileNotAvailable as exc:
+            raise ApiError(409, "file_not_available", "File Not Available", str(exc)) from None
+    name = files.download_name(batch_id, kind)
+    return StreamingResponse(
+        stream,
+        media_type="application/jsonl",
+        headers={"Content-Disposition": f'attachment; filename="{name}"'},
+    )
 
 
 @router.post(

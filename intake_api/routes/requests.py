@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
@@ -11,11 +12,20 @@ import msgspec
 import orjson
 from fastapi import APIRouter, Depends, Query, Request, Response
 
+from batch_pipeline.admin import intake_control
 from batch_pipeline.admin import requests as admin
 from batch_pipeline.admin.errors import NotRedeliverable, RequestNotFound
 from batch_pipeline.intake.service import TooManyItems
 from batch_pipeline.states import REQUEST_STATES
-from intake_api.body import is_ndjson, read_limited, split_array, stream_ndjson
+from intake_api.body import (
+    THREAD_SPLIT_BYTES,
+    is_ndjson,
+    read_buffer,
+    read_limited,
+    split_array,
+    stream_ndjson,
+    too_many_items,
+)
 from intake_api.deps import ConnDep, IntakeDep, SettingsDep, require_token
 from intake_api.errors import ApiError, ApiErrors
 from intake_api.schemas import (
@@ -49,17 +59,30 @@ def _as_api_errors() -> Iterator[None]:
         raise ApiError(422, "invalid_state", "Invalid Request State", str(exc)) from None
 
 
+async def _refuse_while_paused(conn: ConnDep) -> None:
+    """503 ``maintenance_mode`` (the Elixir service's envelope) while intake is paused. The flag is
+    cached per process for about a second (``admin.intake_control``): no query per request."""
+    if await intake_control.is_paused(conn):
+        raise ApiError(
+            503,
+            "maintenance_mode",
+            "Service Temporarily Unavailable",
+            "Request intake is temporarily paused for maintenance. Please retry shortly.",
+        )
+
+
 @router.post(
     "",
     status_code=202,
     response_model=Accepted,
-    responses=errors_doc(401, 409, 413, 422),
+    responses=errors_doc(401, 409, 413, 422, 503),
     openapi_extra=_request_body_doc("#/components/schemas/RequestInput"),
     summary="Submit one request",
 )
 async def create_request(
     request: Request, conn: ConnDep, intake: IntakeDep, settings: SettingsDep
 ) -> Response:
+    await _refuse_while_paused(conn)
     raw = await read_limited(request, settings.intake_max_body_bytes)
     outcome = await intake.submit(conn, raw)
     if outcome.status == "accepted":
@@ -78,22 +101,27 @@ async def create_request(
 @router.post(
     "/bulk",
     response_model=BulkResponse,
-    responses=errors_doc(401, 413, 422),
+    responses=errors_doc(401, 413, 422, 503),
     openapi_extra=_request_body_doc("#/components/schemas/RequestInput", ndjson=True),
     summary="Submit many requests (JSON array or NDJSON); one result per item",
 )
 async def create_bulk(request: Request, conn: ConnDep, intake: IntakeDep, settings: SettingsDep) -> Response:
+    await _refuse_while_paused(conn)
     content_type = request.headers.get("content-type", "")
     if is_ndjson(content_type):
         items: AsyncIterator | list = stream_ndjson(request, settings.bulk_max_body_bytes)
     else:
-        items = split_array(await read_limited(request, settings.bulk_max_body_bytes))
+        raw = await read_buffer(request, settings.bulk_max_body_bytes)
+        limit = settings.bulk_max_items
+        items = (
+            await asyncio.to_thread(split_array, raw, limit)
+            if len(raw) >= THREAD_SPLIT_BYTES
+            else split_array(raw, limit)
+        )
     try:
         outcomes = await intake.submit_bulk(conn, items, max_items=settings.bulk_max_items)
     except TooManyItems as exc:
-        raise ApiError(
-            413, "too_many_items", "Too Many Items", f"At most {exc.limit} requests per bulk call."
-        ) from None
+        raise too_many_items(exc.limit) from None
     if not outcomes:
         raise ApiError(422, "validation_error", "Invalid value", "No requests in the body.", "/")
     counts = Counter(o.status for o in outcomes)
@@ -113,11 +141,20 @@ async def list_requests(
     batch_id: int | None = None,
     model: str | None = None,
     url: str | None = None,
-    q: Annotated[str | None, Query(description="Substring of custom_id")] = None,
+    q: Annotated[str | None, Query(description="Same as custom_id_contains")] = None,
+    custom_id_contains: Annotated[
+        str | None, Query(description="Substring of custom_id (indexed for 3 or more characters)")
+    ] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     before: Annotated[int | None, Query(description="Cursor: the next_cursor of the previous page")] = None,
 ) -> dict:
-    for name, value in (("state", state), ("model", model), ("url", url), ("q", q)):
+    for name, value in (
+        ("state", state),
+        ("model", model),
+        ("url", url),
+        ("q", q),
+        ("custom_id_contains", custom_id_contains),
+    ):
         if value and "\x00" in value:
             raise ApiError(
                 422, "validation_error", "Invalid value", f"{name} must not contain NUL", f"/{name}"
@@ -125,7 +162,9 @@ async def list_requests(
     if state is not None and state not in REQUEST_STATES:
         detail = f"state must be one of {', '.join(REQUEST_STATES)}"
         raise ApiError(422, "validation_error", "Invalid value", detail, "/state")
-    flt = admin.RequestFilter(state=state, batch_id=batch_id, model=model, url=url, search=q)
+    flt = admin.RequestFilter(
+        state=state, batch_id=batch_id, model=model, url=url, custom_id_contains=custom_id_contains or q
+    )
     rows = await admin.list_requests(conn, flt, limit + 1, before)
     page = rows[:limit]
     return {"data": page, "next_cursor": page[-1]["id"] if len(rows) > limit else None}

@@ -132,7 +132,9 @@ def test_up_starts_everything_on_the_simulator_and_sigterm_stops_it_and_the_embe
         assert health["simulator"] is True
         sim = _wait_for(f"http://127.0.0.1:{ports['SIMULATOR_PORT']}/_sim/health", proc, log).json()
         assert sim["simulator"] is True
-        _wait_for(f"http://127.0.0.1:{ports['DAGSTER_PORT']}/server_info", proc, log)
+        # The webserver runs under /dagster, and the API proxies it there on its own port.
+        _wait_for(f"http://127.0.0.1:{ports['DAGSTER_PORT']}/dagster/server_info", proc, log)
+        _wait_for(f"http://127.0.0.1:{ports['PORT']}/dagster/server_info", proc, log)
         assert "SIMULATOR" in log.read_text()  # the loud banner
         pid = _postmaster_pid(data_dir / "postgres")
         assert bool(pid) is embedded

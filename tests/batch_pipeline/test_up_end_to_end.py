@@ -84,7 +84,7 @@ def test_requests_through_batchman_up_reach_a_webhook_and_a_queue_exactly_once(
         _wait_for(f"{api}/health/ready", proc, log)
         sim = f"http://127.0.0.1:{ports['SIMULATOR_PORT']}/_sim/health"
         assert _wait_for(sim, proc, log).json()["simulator"] is True
-        _wait_for(f"http://127.0.0.1:{ports['DAGSTER_PORT']}/server_info", proc, log)
+        _wait_for(f"http://127.0.0.1:{ports['DAGSTER_PORT']}/dagster/server_info", proc, log)
         assert "SIMULATOR" in log.read_text()  # the loud banner
         with httpx.Client(base_url=api, timeout=30) as client:
             for item in singles:

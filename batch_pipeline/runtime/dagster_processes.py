@@ -1,0 +1,69 @@
+"""The Dagster processes' command lines and environment, shared by ``batchman up`` (all of them under
+one supervisor) and the one-process roles of the container image (``batchman dagster-webserver`` …).
+
+Dagster is started as its own executables, never imported: only ``batch_pipeline.defs`` imports it.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from pathlib import Path
+
+from batch_pipeline.config import Settings
+from batch_pipeline.db import dagster_storage_url
+from batch_pipeline.runtime.embedded_postgres import DAGSTER_DATABASE
+
+# The code location, as workspace.yaml names it; the gRPC code server serves the same one.
+DEFS_MODULE = "batch_pipeline.defs.definitions"
+DEFS_ATTRIBUTE = "defs"
+# The name the local workspace.yaml gives the location (Dagster's default: module:attribute). The code
+# server keeps it, so sensor and schedule state stored by `batchman up` still applies in containers.
+LOCATION_NAME = f"{DEFS_MODULE}:{DEFS_ATTRIBUTE}"
+CODE_SERVER_PORT = 4266
+# The API serves the Dagster UI behind its login at this prefix (intake_api/ui/dagster_proxy.py).
+WEBSERVER_PATH_PREFIX = "/dagster"
+
+
+def dagster_bin(name: str) -> str:
+    """A console script of this interpreter's environment (a venv need not be on PATH)."""
+    return str(Path(sys.executable).parent / name)
+
+
+def dagster_env(settings: Settings, env: dict[str, str], dsn: str, instance_yaml: Path) -> None:
+    """Point ``env`` at one Dagster instance stored in Postgres (DAGSTER_HOME, DAGSTER_PG_URL).
+
+    A DAGSTER_HOME already set (a container mounts its dagster.yaml there) is kept; otherwise it is
+    DATA_DIR/dagster_home with a copy of ``instance_yaml``.
+    """
+    if not env.get("DAGSTER_HOME", "").strip():
+        home = settings.data_dir.resolve() / "dagster_home"
+        home.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(instance_yaml, home / "dagster.yaml")
+        env["DAGSTER_HOME"] = str(home)
+    # Embedded Postgres: Dagster gets its own database. External: the same database; Dagster's
+    # tables live in the public schema, ours in `batchman`.
+    env["DAGSTER_PG_URL"] = settings.dagster_database_url or dagster_storage_url(
+        dsn, DAGSTER_DATABASE if not settings.database_url else None
+    )
+
+
+def webserver_argv(host: str, port: int, workspace: Path) -> list[str]:
+    return [
+        dagster_bin("dagster-webserver"),
+        *("-h", host, "-p", str(port), "-w", str(workspace)),
+        *("--path-prefix", WEBSERVER_PATH_PREFIX),
+    ]
+
+
+def daemon_argv(workspace: Path) -> list[str]:
+    return [dagster_bin("dagster-daemon"), "run", "-w", str(workspace)]
+
+
+def code_server_argv(host: str, port: int) -> list[str]:
+    """The definitions over gRPC, for a webserver and daemon elsewhere (Compose, Kubernetes)."""
+    return [
+        dagster_bin("dagster"),
+        *("api", "grpc", "-h", host, "-p", str(port)),
+        *("-m", DEFS_MODULE, "-a", DEFS_ATTRIBUTE, "--location-name", LOCATION_NAME),
+    ]
