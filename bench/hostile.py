@@ -9,9 +9,6 @@ call per MiB of body (target <= 100 ms/MiB; the baseline is the same probe again
 from __future__ import annotations
 
 import contextlib
-import os
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -19,7 +16,7 @@ from pathlib import Path
 
 import httpx
 
-from bench.support import free_port, fresh_database, postgres_server, report
+from bench.support import fresh_database, postgres_server, report, uvicorn_process
 
 MIB = 1024 * 1024
 SIZE = 256 * MIB - 1024  # just under the default BULK_MAX_BODY_BYTES
@@ -34,25 +31,10 @@ def _kib(pid: int, field: str) -> int:
 
 @contextlib.contextmanager
 def _api(dsn: str) -> Iterator[tuple[str, int]]:
-    port = free_port()
-    argv = [sys.executable, "-m", "uvicorn", "intake_api.main:create_app", "--factory", "--port", str(port)]
-    env = {**os.environ, "DATABASE_URL": dsn, "OPENAI_API_KEY": "", "API_TOKEN": ""}
-    proc = subprocess.Popen([*argv, "--log-level", "warning"], env=env)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                httpx.get(base + "/health", timeout=1)
-                break
-            except httpx.HTTPError:
-                if time.monotonic() > deadline or proc.poll() is not None:
-                    raise RuntimeError("API did not start") from None
-                time.sleep(0.1)
-        yield base, proc.pid
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+    pids: list[int] = []
+    env = {"DATABASE_URL": dsn, "OPENAI_API_KEY": "", "API_TOKEN": ""}
+    with uvicorn_process("intake_api.main:create_app", env, factory=True, pids=pids) as base:
+        yield base, pids[0]
 
 
 def _probe(base: str, stop: threading.Event, worst: list[float]) -> None:

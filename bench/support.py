@@ -60,8 +60,11 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def uvicorn_process(app: str, env: dict[str, str], factory: bool = False) -> Iterator[str]:
-    """Run ``app`` in its own uvicorn process (so the load generator does not share its GIL)."""
+def uvicorn_process(
+    app: str, env: dict[str, str], factory: bool = False, pids: list[int] | None = None
+) -> Iterator[str]:
+    """Run ``app`` in its own uvicorn process (so the load generator does not share its GIL); its pid
+    is appended to ``pids`` when given."""
     port = free_port()
     argv = [
         sys.executable,
@@ -77,6 +80,8 @@ def uvicorn_process(app: str, env: dict[str, str], factory: bool = False) -> Ite
     if factory:
         argv.append("--factory")
     proc = subprocess.Popen(argv, env={**os.environ, **env})
+    if pids is not None:
+        pids.append(proc.pid)
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 30
