@@ -123,6 +123,11 @@ def _array_decoder(max_items: int) -> Callable[[bytes], Any]:
     return msgspec.json.Decoder(shape).decode
 
 
+def prepare_bulk_decoder(max_items: int) -> None:
+    """Build the decoder ``split_array`` uses for ``max_items`` (cached per process)."""
+    _array_decoder(max_items)
+
+
 def split_array(raw: bytes | bytearray, max_items: int) -> list[bytes]:
     """The raw items of a JSON array body; 422 when the body is not JSON or not an array, 413 when it
     holds more than ``max_items`` items (found out at item ``max_items + 1``, in bounded memory).

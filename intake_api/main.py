@@ -15,6 +15,7 @@ import batch_pipeline
 from batch_pipeline.config import Settings, get_settings
 from batch_pipeline.intake.service import IntakeService
 from batch_pipeline.observability.logs import configure_logging
+from intake_api.body import prepare_bulk_decoder
 from intake_api.errors import install_error_handlers
 from intake_api.guard import Guard
 from intake_api.request_log import RequestLog
@@ -45,6 +46,8 @@ def create_app(settings: Settings | None = None, database_url: str | None = None
         )
         await pool.open()
         app.state.pool = pool
+        # The bulk array decoder (0.3 s to build at 50,000 items) is made now, not in the first call.
+        prepare_bulk_decoder(settings.bulk_max_items)
         if gc.get_freeze_count() == 0:  # once per process (tests start many apps in one)
             # What start-up built (modules, routes, schemas) lives as long as the process. Moved out of
             # the collector's sight, it no longer sets off and slows full collections: one took 50 ms
