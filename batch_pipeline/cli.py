@@ -133,9 +133,9 @@ def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
 
 def _embedded_dagster_url(dsn: str) -> str:
     from batch_pipeline.db import dagster_storage_url
-    from batch_pipeline.runtime.embedded_postgres import DAGSTER_DATABASE
+    from batch_pipeline.runtime.embedded_postgres import DB_FOR_DAGSTER
 
-    return dagster_storage_url(dsn, DAGSTER_DATABASE)
+    return dagster_storage_url(dsn, DB_FOR_DAGSTER)
 
 
 def _supervise(settings: Settings, args: argparse.Namespace, env: dict[str, str], dsn: str) -> int:

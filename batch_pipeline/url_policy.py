@@ -184,10 +184,10 @@ class EgressPolicy:
 # Distinct webhook URLs remembered by the intake's policy. A verdict depends on the URL alone (no DNS
 # at intake), and bulk calls usually share a few URLs: uncached, the check doubled the intake's cost
 # per request (parsing the URL and trying it as an IP address, ~7 us).
-INTAKE_URL_CACHE_SIZE = 4096
+_URL_VERDICTS_CACHED = 4096
 
 
 def intake_url_policy(settings: Settings) -> UrlPolicy | None:
     """The ``UrlPolicy`` for ``IntakeService``; None when the policy is off (nothing to check)."""
     policy = EgressPolicy.from_settings(settings)
-    return lru_cache(maxsize=INTAKE_URL_CACHE_SIZE)(policy.url_reason) if policy.enabled else None
+    return lru_cache(maxsize=_URL_VERDICTS_CACHED)(policy.url_reason) if policy.enabled else None

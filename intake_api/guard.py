@@ -32,9 +32,9 @@ SMALL_BODY_BYTES = 1024 * 1024
 # (and caps its body), and the API's documentation is public.
 OPEN_PATHS = ("/api/openai/webhook", "/api/openapi", "/api/swaggerui")
 # Outside /api: what anyone may load without a session (the login form, probes, our CSS and JS).
-UI_OPEN_PATHS = ("/login", "/health", "/ui/static/", "/favicon.ico")
+_PAGES_WITHOUT_LOGIN = ("/login", "/health", "/ui/static/", "/favicon.ico")
 # Dagster's own requests go through as they are (its webserver applies its own limits).
-UI_UNCAPPED_PATHS = ("/dagster",)
+_PAGES_WITHOUT_BODY_CAP = ("/dagster",)
 
 
 def token_ok(headers: Mapping[str, str], token: str) -> bool:
@@ -88,8 +88,8 @@ class Guard:
         found = ui_session.decode(key, ui_session.cookie_from_header(headers.get("cookie", "")))
         scope.setdefault("state", {})["ui_session"] = found
         needs_login = self.settings.api_token is not None and not (found and found.authed)
-        if not needs_login or path.startswith(UI_OPEN_PATHS):
-            if scope["type"] == "websocket" or path.startswith(UI_UNCAPPED_PATHS):
+        if not needs_login or path.startswith(_PAGES_WITHOUT_LOGIN):
+            if scope["type"] == "websocket" or path.startswith(_PAGES_WITHOUT_BODY_CAP):
                 await self.app(scope, receive, send)
                 return
             # The UI's forms are a few hundred bytes; the login form is open to anyone.

@@ -28,7 +28,7 @@ log = logging.getLogger("batchman.access")
 HEADER = b"x-request-id"
 # What we take from a caller as a request id: it is logged and sent back, so no spaces or controls.
 _SANE_ID = re.compile(rb"[A-Za-z0-9._:@/+=-]{1,128}")
-INTAKE_ROUTES = {"/api/requests": "single", "/api/requests/bulk": "bulk"}
+_ROUTES_THAT_TAKE_REQUESTS = {"/api/requests": "single", "/api/requests/bulk": "bulk"}
 _BULK_COUNTS = re.compile(rb'^\{"accepted":(\d+),"duplicate":(\d+),"invalid":(\d+)')
 # Enough of a refusal's body to find its first error code (envelopes are small).
 ERROR_PREFIX_BYTES = 4096
@@ -44,7 +44,9 @@ class RequestLog:
             return
         request_id = _request_id(scope)
         token = set_context(request_id=request_id.decode())
-        route = INTAKE_ROUTES.get(scope["path"].rstrip("/")) if scope["method"] == "POST" else None
+        route = (
+            _ROUTES_THAT_TAKE_REQUESTS.get(scope["path"].rstrip("/")) if scope["method"] == "POST" else None
+        )
         started = time.perf_counter()
         state: dict = {"status": 500, "body": b""}
 

@@ -22,7 +22,7 @@ from batch_pipeline.config import Settings
 
 COOKIE_NAME = "batchman_session"
 # An operator logs in once a working day; then the cookie expires and the login page asks again.
-SESSION_SECONDS = 12 * 3600
+_LOGIN_LIFETIME_SECONDS = 12 * 3600
 CSRF_FIELD = "csrf_token"
 CSRF_HEADER = "x-csrf-token"
 
@@ -44,7 +44,7 @@ def _sign(key: bytes, payload: str) -> str:
 
 
 def new_session(authed: bool) -> Session:
-    return Session(secrets.token_urlsafe(18), int(time.time()) + SESSION_SECONDS, authed)
+    return Session(secrets.token_urlsafe(18), int(time.time()) + _LOGIN_LIFETIME_SECONDS, authed)
 
 
 def encode(key: bytes, session: Session) -> str:
@@ -75,7 +75,7 @@ def csrf_ok(key: bytes, session: Session | None, given: str | None) -> bool:
     return session is not None and bool(given) and hmac.compare_digest(given, csrf_token(key, session))
 
 
-def cookie_header(value: str, secure: bool, max_age: int = SESSION_SECONDS) -> str:
+def cookie_header(value: str, secure: bool, max_age: int = _LOGIN_LIFETIME_SECONDS) -> str:
     """The Set-Cookie value; ``Secure`` when the page came over HTTPS (behind a TLS proxy too)."""
     attrs = [f"{COOKIE_NAME}={value}", "Path=/", "HttpOnly", "SameSite=Lax", f"Max-Age={max_age}"]
     if secure:

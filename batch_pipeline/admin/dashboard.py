@@ -32,8 +32,8 @@ OVERVIEW_MAX_BUSY_SHARE = 0.1
 # How long a page waits for a first count before it renders without (the live poll fills it in).
 OVERVIEW_WAIT_SECONDS = 0.2
 IN_FLIGHT_SHOWN = 20
-RABBITMQ_TTL_SECONDS = 15.0
-RABBITMQ_CONNECT_TIMEOUT = 1.0
+_BROKER_STATUS_TTL_SECONDS = 15.0
+_BROKER_CONNECT_TIMEOUT = 1.0
 
 
 @dataclass
@@ -110,9 +110,9 @@ async def rabbitmq_status(settings: Settings, cache: Cache) -> dict[str, Any]:
     parts = urlsplit(settings.rabbitmq_url)
     host, port = parts.hostname or "localhost", parts.port or (5671 if parts.scheme == "amqps" else 5672)
     async with cache.lock:
-        if not cache.fresh(RABBITMQ_TTL_SECONDS):
+        if not cache.fresh(_BROKER_STATUS_TTL_SECONDS):
             try:
-                async with asyncio.timeout(RABBITMQ_CONNECT_TIMEOUT):
+                async with asyncio.timeout(_BROKER_CONNECT_TIMEOUT):
                     _, writer = await asyncio.open_connection(host, port)
                 writer.close()
                 status = "reachable"

@@ -219,7 +219,7 @@ def _deliveries(t: Tally) -> Iterator[Any]:
     )
     for kind in sorted(t.delivery_ms):
         cumulative, buckets = 0, []
-        for i, bound in enumerate((*sql.DELIVERY_BUCKETS_MS, None)):
+        for i, bound in enumerate((*sql.LATENCY_BUCKETS_MS, None)):
             cumulative += t.buckets[kind, i]
             buckets.append(("+Inf" if bound is None else str(bound / 1000), cumulative))
         latency.add_metric([kind], buckets, sum_value=t.delivery_ms[kind] / 1000)

@@ -25,13 +25,13 @@ from batch_pipeline.delivery.signing import Signer
 from batch_pipeline.store import checks as store
 
 CHECK_KEYS = [
-    dg.AssetCheckKey(assets.BATCH_RESULTS, assets.ACCOUNTED),
-    dg.AssetCheckKey(assets.BATCH_DELIVERIES, assets.NOT_STUCK),
-    dg.AssetCheckKey(assets.BATCH_INPUT, assets.INPUT_LINES),
+    dg.AssetCheckKey(assets.ASSET_BATCH_RESULTS, assets.ACCOUNTED),
+    dg.AssetCheckKey(assets.ASSET_BATCH_DELIVERIES, assets.NOT_STUCK),
+    dg.AssetCheckKey(assets.ASSET_BATCH_INPUT, assets.INPUT_LINES),
 ]
-ALERT_STATES = ["failed"]
+_STATES_THAT_ALERT = ["failed"]
 PER_TICK = 100
-ALERT_TIMEOUT_SECONDS = 5.0
+_ALERT_POST_TIMEOUT_SECONDS = 5.0
 
 
 @dataclass(frozen=True)
@@ -55,7 +55,7 @@ def send(settings: Settings, alert: Alert) -> None:
         signer = Signer(settings.webhook_signing_secret.get_secret_value())
         headers.update(signer.headers(f"alert:{alert.key}", body))
     httpx.post(
-        settings.alert_webhook_url, content=body, headers=headers, timeout=ALERT_TIMEOUT_SECONDS
+        settings.alert_webhook_url, content=body, headers=headers, timeout=_ALERT_POST_TIMEOUT_SECONDS
     ).raise_for_status()
 
 
@@ -105,7 +105,7 @@ def _failed_batches(conn, cursor: dict[str, Any]) -> list[Alert]:
         cursor["transition"] = store.last_transition_id(conn)
         return []
     alerts = []
-    for row in store.alerting_transitions(conn, after, ALERT_STATES, PER_TICK):
+    for row in store.alerting_transitions(conn, after, _STATES_THAT_ALERT, PER_TICK):
         cursor["transition"] = row["id"]
         message = f"batch went {row['to_state']} (from {row['from_state']}): {row['reason']}"
         alerts.append(Alert("batch_failed", f"transition:{row['id']}", row["batch_id"], message))

@@ -29,10 +29,10 @@ from batch_pipeline.defs.resources import PostgresParam
 from batch_pipeline.store import checks as store
 
 REQUESTS = dg.AssetKey("requests")
-BATCH_INPUT = dg.AssetKey("batch_input")
-OPENAI_BATCH = dg.AssetKey("openai_batch")
-BATCH_RESULTS = dg.AssetKey("batch_results")
-BATCH_DELIVERIES = dg.AssetKey("batch_deliveries")
+ASSET_BATCH_INPUT = dg.AssetKey("batch_input")
+ASSET_OPENAI_BATCH = dg.AssetKey("openai_batch")
+ASSET_BATCH_RESULTS = dg.AssetKey("batch_results")
+ASSET_BATCH_DELIVERIES = dg.AssetKey("batch_deliveries")
 
 GROUP = "batch_pipeline"
 
@@ -43,7 +43,7 @@ requests_spec = dg.AssetSpec(
     kinds={"postgres"},
 )
 batch_input_spec = dg.AssetSpec(
-    BATCH_INPUT,
+    ASSET_BATCH_INPUT,
     deps=[REQUESTS],
     partitions_def=batch_partitions,
     description="The batch's JSONL input file, uploaded to OpenAI by upload_job.",
@@ -51,24 +51,24 @@ batch_input_spec = dg.AssetSpec(
     kinds={"openai"},
 )
 openai_batch_spec = dg.AssetSpec(
-    OPENAI_BATCH,
-    deps=[BATCH_INPUT],
+    ASSET_OPENAI_BATCH,
+    deps=[ASSET_BATCH_INPUT],
     partitions_def=batch_partitions,
     description="The batch job at OpenAI: created by upload_job, finished as seen by status_sensor.",
     group_name=GROUP,
     kinds={"openai"},
 )
 batch_results_spec = dg.AssetSpec(
-    BATCH_RESULTS,
-    deps=[OPENAI_BATCH],
+    ASSET_BATCH_RESULTS,
+    deps=[ASSET_OPENAI_BATCH],
     partitions_def=batch_partitions,
     description="Every output and error line stored on its request by results_job.",
     group_name=GROUP,
     kinds={"postgres"},
 )
 batch_deliveries_spec = dg.AssetSpec(
-    BATCH_DELIVERIES,
-    deps=[BATCH_RESULTS],
+    ASSET_BATCH_DELIVERIES,
+    deps=[ASSET_BATCH_RESULTS],
     partitions_def=batch_partitions,
     description="The batch's results sent to their webhooks or queues by deliver_job / redeliver_job.",
     group_name=GROUP,
@@ -101,7 +101,7 @@ def accounting(conn, batch_id: int) -> dg.AssetCheckResult | None:
     accounted = row["settled"] + row["resubmitted_count"]
     passed = row["unresolved"] == 0 and accounted == row["request_count"]
     return dg.AssetCheckResult(
-        asset_key=BATCH_RESULTS,
+        asset_key=ASSET_BATCH_RESULTS,
         check_name=ACCOUNTED,
         passed=passed,
         severity=dg.AssetCheckSeverity.ERROR,
@@ -121,7 +121,7 @@ def stuck(conn, batch_id: int, grace_seconds: float) -> dg.AssetCheckResult:
     row = store.stuck_delivering(conn, batch_id, grace_seconds)
     passed = row["stuck"] == 0
     return dg.AssetCheckResult(
-        asset_key=BATCH_DELIVERIES,
+        asset_key=ASSET_BATCH_DELIVERIES,
         check_name=NOT_STUCK,
         passed=passed,
         severity=dg.AssetCheckSeverity.ERROR,
@@ -143,7 +143,7 @@ def input_lines(conn, batch_id: int) -> dg.AssetCheckResult | None:
         return None
     passed = row["openai_total"] == row["request_count"]
     return dg.AssetCheckResult(
-        asset_key=BATCH_INPUT,
+        asset_key=ASSET_BATCH_INPUT,
         check_name=INPUT_LINES,
         passed=passed,
         severity=dg.AssetCheckSeverity.ERROR,
@@ -176,15 +176,17 @@ def _skipped(key: dg.AssetKey, name: str) -> dg.AssetCheckResult:
 with warnings.catch_warnings():
     warnings.simplefilter("ignore", dg.PreviewWarning)
 
-    @dg.asset_check(asset=BATCH_RESULTS, name=ACCOUNTED, partitions_def=batch_partitions, blocking=False)
+    @dg.asset_check(
+        asset=ASSET_BATCH_RESULTS, name=ACCOUNTED, partitions_def=batch_partitions, blocking=False
+    )
     def accounted_check(
         context: dg.AssetCheckExecutionContext, postgres: PostgresParam
     ) -> dg.AssetCheckResult:
         """Each request has a result or error line, or was resubmitted; none missing or twice."""
         with postgres.connect() as conn:
-            return accounting(conn, int(context.partition_key)) or _skipped(BATCH_RESULTS, ACCOUNTED)
+            return accounting(conn, int(context.partition_key)) or _skipped(ASSET_BATCH_RESULTS, ACCOUNTED)
 
-    @dg.asset_check(asset=BATCH_DELIVERIES, name=NOT_STUCK, partitions_def=batch_partitions)
+    @dg.asset_check(asset=ASSET_BATCH_DELIVERIES, name=NOT_STUCK, partitions_def=batch_partitions)
     def not_stuck_check(
         context: dg.AssetCheckExecutionContext, postgres: PostgresParam
     ) -> dg.AssetCheckResult:
@@ -192,13 +194,13 @@ with warnings.catch_warnings():
         with postgres.connect() as conn:
             return stuck(conn, int(context.partition_key), 0)
 
-    @dg.asset_check(asset=BATCH_INPUT, name=INPUT_LINES, partitions_def=batch_partitions)
+    @dg.asset_check(asset=ASSET_BATCH_INPUT, name=INPUT_LINES, partitions_def=batch_partitions)
     def input_lines_check(
         context: dg.AssetCheckExecutionContext, postgres: PostgresParam
     ) -> dg.AssetCheckResult:
         """The input file's line count (as OpenAI counted it) equals the batch's request count."""
         with postgres.connect() as conn:
-            return input_lines(conn, int(context.partition_key)) or _skipped(BATCH_INPUT, INPUT_LINES)
+            return input_lines(conn, int(context.partition_key)) or _skipped(ASSET_BATCH_INPUT, INPUT_LINES)
 
 
 ASSET_CHECKS = [accounted_check, not_stuck_check, input_lines_check]

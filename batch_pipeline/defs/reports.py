@@ -17,8 +17,8 @@ from batch_pipeline.defs import assets
 from batch_pipeline.defs.resources import Postgres
 from batch_pipeline.store import checks as store
 
-OPENAI_API = "https://api.openai.com/v1"
-BATCH_PAGE = "https://platform.openai.com/batches/{}"
+_THE_OPENAI_API = "https://api.openai.com/v1"
+_PAGE_OF_A_BATCH = "https://platform.openai.com/batches/{}"
 FILE_PAGE = "https://platform.openai.com/storage/files/{}"
 
 
@@ -36,7 +36,7 @@ def log(context: dg.OpExecutionContext, postgres: Postgres, events: Callable[[An
 def _id(value: str | None, page: str, settings: Settings) -> Any:
     if not value:
         return ""
-    if settings.openai_client_base_url.rstrip("/") == OPENAI_API:
+    if settings.openai_client_base_url.rstrip("/") == _THE_OPENAI_API:
         return dg.MetadataValue.url(page.format(value))
     return value
 
@@ -58,7 +58,7 @@ def after_upload(conn, settings: Settings, batch_id: int, run_seconds: float) ->
     partition = str(batch_id)
     if batch["openai_input_file_id"]:
         yield dg.AssetMaterialization(
-            asset_key=assets.BATCH_INPUT,
+            asset_key=assets.ASSET_BATCH_INPUT,
             partition=partition,
             metadata={
                 "request_count": batch["request_count"],
@@ -73,11 +73,11 @@ def after_upload(conn, settings: Settings, batch_id: int, run_seconds: float) ->
         )
     if batch["openai_batch_id"]:
         yield dg.AssetMaterialization(
-            asset_key=assets.OPENAI_BATCH,
+            asset_key=assets.ASSET_OPENAI_BATCH,
             partition=partition,
             description="created at OpenAI",
             metadata={
-                "openai_batch_id": _id(batch["openai_batch_id"], BATCH_PAGE, settings),
+                "openai_batch_id": _id(batch["openai_batch_id"], _PAGE_OF_A_BATCH, settings),
                 "state": batch["state"],
                 "request_count": batch["request_count"],
                 "estimated_tokens": batch["estimated_tokens"],
@@ -93,12 +93,12 @@ def after_results(conn, settings: Settings, batch_id: int, run_seconds: float) -
         return
     partition = str(batch_id)
     yield dg.AssetMaterialization(
-        asset_key=assets.OPENAI_BATCH,
+        asset_key=assets.ASSET_OPENAI_BATCH,
         partition=partition,
         description=f"finished at OpenAI: {batch['openai_status']}",
         metadata=_present(
             {
-                "openai_batch_id": _id(batch["openai_batch_id"], BATCH_PAGE, settings),
+                "openai_batch_id": _id(batch["openai_batch_id"], _PAGE_OF_A_BATCH, settings),
                 "openai_status": batch["openai_status"] or "",
                 "completed": batch["openai_completed"],
                 "failed": batch["openai_failed"],
@@ -113,7 +113,7 @@ def after_results(conn, settings: Settings, batch_id: int, run_seconds: float) -
         ),
     )
     yield dg.AssetMaterialization(
-        asset_key=assets.BATCH_RESULTS,
+        asset_key=assets.ASSET_BATCH_RESULTS,
         partition=partition,
         metadata={
             "request_count": batch["request_count"],
@@ -138,7 +138,7 @@ def after_delivery(conn, batch_id: int, report: dict[str, Any], run_seconds: flo
         return
     partition = str(batch_id)
     yield dg.AssetMaterialization(
-        asset_key=assets.BATCH_DELIVERIES,
+        asset_key=assets.ASSET_BATCH_DELIVERIES,
         partition=partition,
         metadata={
             "attempts": report.get("attempts", 0),

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from batch_pipeline.config import Settings
 from batch_pipeline.db import dagster_storage_url
-from batch_pipeline.runtime.embedded_postgres import DAGSTER_DATABASE
+from batch_pipeline.runtime.embedded_postgres import DB_FOR_DAGSTER
 
 # The code location, as workspace.yaml names it; the gRPC code server serves the same one.
 DEFS_MODULE = "batch_pipeline.defs.definitions"
@@ -44,7 +44,7 @@ def dagster_env(settings: Settings, env: dict[str, str], dsn: str, instance_yaml
     # Embedded Postgres: Dagster gets its own database. External: the same database; Dagster's
     # tables live in the public schema, ours in `batchman`.
     env["DAGSTER_PG_URL"] = settings.dagster_database_url or dagster_storage_url(
-        dsn, DAGSTER_DATABASE if not settings.database_url else None
+        dsn, DB_FOR_DAGSTER if not settings.database_url else None
     )
 
 

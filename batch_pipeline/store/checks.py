@@ -42,7 +42,7 @@ LIMIT %s
 """
 
 # What a stage's materialization shows: the batch row, and per-state counts of its requests.
-BATCH_FIGURES = "SELECT * FROM batchman.batches WHERE id = %s"
+FIGURES_OF_A_BATCH = "SELECT * FROM batchman.batches WHERE id = %s"
 REQUEST_STATES = """
 SELECT state, count(*) AS n FROM batchman.requests WHERE batch_id = %s GROUP BY state ORDER BY state
 """
@@ -94,7 +94,7 @@ def batches_stuck_delivering(conn: psycopg.Connection, grace_seconds: float, lim
 def batch_figures(conn: psycopg.Connection, batch_id: int) -> tuple[dict[str, Any] | None, dict[str, int]]:
     """The batch row and ``{request state: count}`` of its requests."""
     with conn.cursor(row_factory=dict_row) as cur:
-        batch = cur.execute(BATCH_FIGURES, (batch_id,)).fetchone()
+        batch = cur.execute(FIGURES_OF_A_BATCH, (batch_id,)).fetchone()
         states = {r["state"]: r["n"] for r in cur.execute(REQUEST_STATES, (batch_id,)).fetchall()}
     return batch, states
 

@@ -15,12 +15,12 @@ from psycopg.rows import dict_row
 # Requests per state, and per hour of arrival over the last day, in one pass over the table.
 REQUEST_STATE_COUNTS = "SELECT state, count(*) AS n FROM batchman.requests GROUP BY state"
 # The BRIN index on created_at (migration 0005) limits this to the last day's block ranges.
-INTAKE_PER_HOUR = """
+REQUESTS_TAKEN_PER_HOUR = """
 SELECT date_trunc('hour', created_at) AS hour, count(*) AS n FROM batchman.requests
 WHERE created_at >= date_trunc('hour', now()) - interval '23 hours'
 GROUP BY 1 ORDER BY 1
 """
-BATCH_STATE_COUNTS = "SELECT state, count(*) AS n FROM batchman.batches GROUP BY state"
+COUNTS_OF_BATCH_STATES = "SELECT state, count(*) AS n FROM batchman.batches GROUP BY state"
 # Served by the partial index batches_in_flight_idx.
 IN_FLIGHT = """
 SELECT id, endpoint, model, state, request_count, openai_batch_id, openai_status, openai_completed,
@@ -56,11 +56,11 @@ async def request_state_counts(conn: psycopg.AsyncConnection) -> dict[str, int]:
 
 
 async def batch_state_counts(conn: psycopg.AsyncConnection) -> dict[str, int]:
-    return {r["state"]: r["n"] for r in await _all(conn, BATCH_STATE_COUNTS)}
+    return {r["state"]: r["n"] for r in await _all(conn, COUNTS_OF_BATCH_STATES)}
 
 
 async def intake_per_hour(conn: psycopg.AsyncConnection) -> list[dict[str, Any]]:
-    return await _all(conn, INTAKE_PER_HOUR)
+    return await _all(conn, REQUESTS_TAKEN_PER_HOUR)
 
 
 async def deliveries_per_hour(conn: psycopg.AsyncConnection) -> list[dict[str, Any]]:

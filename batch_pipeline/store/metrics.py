@@ -14,7 +14,7 @@ import psycopg
 from psycopg.rows import dict_row
 
 # Upper bounds, in milliseconds, of the delivery latency histogram (the last bucket is +Inf).
-DELIVERY_BUCKETS_MS = (5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000)
+LATENCY_BUCKETS_MS = (5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000)
 
 # The queue per (endpoint, model): an index-only scan of requests_queued_idx (created_at is INCLUDEd).
 QUEUE = """
@@ -23,15 +23,15 @@ SELECT endpoint, model, count(*) AS depth,
 FROM batchman.requests WHERE state = 'pending' AND batch_id IS NULL
 GROUP BY endpoint, model
 """
-BATCH_STATES = "SELECT state, count(*) AS n FROM batchman.batches GROUP BY state"
+STATES_OF_BATCHES = "SELECT state, count(*) AS n FROM batchman.batches GROUP BY state"
 # Results waiting to be delivered, and claimed by a delivery run: two partial indexes.
-DELIVERY_BACKLOG = """
+BACKLOG_OF_DELIVERIES = """
 SELECT 'openai_processed' AS state, count(*) AS n FROM batchman.requests WHERE state = 'openai_processed'
 UNION ALL
 SELECT 'delivering', count(*) FROM batchman.requests WHERE state = 'delivering'
 """
 # Per model: tokens OpenAI reported, and the lines of batches whose results were stored.
-BATCH_TOTALS = """
+TOTALS_OF_BATCHES = """
 SELECT model,
        coalesce(sum(input_tokens), 0)::bigint AS input_tokens,
        coalesce(sum(cached_tokens), 0)::bigint AS cached_tokens,
@@ -48,7 +48,7 @@ SELECT (SELECT coalesce(max(id), 0) FROM batchman.delivery_attempts) AS deliveri
        (SELECT coalesce(max(id), 0) FROM batchman.batch_transitions) AS transitions
 """
 # One id range of delivery attempts (a primary key range scan), by type, outcome and latency bucket:
-# bucket i holds durations <= DELIVERY_BUCKETS_MS[i]; len(DELIVERY_BUCKETS_MS) is +Inf.
+# bucket i holds durations <= LATENCY_BUCKETS_MS[i]; len(LATENCY_BUCKETS_MS) is +Inf.
 DELIVERIES_BETWEEN = """
 SELECT coalesce(delivery_config ->> 'type', 'webhook') AS type, outcome,
        width_bucket(coalesce(duration_ms, 0) - 1, %(bounds)s::int[]) AS bucket,
@@ -77,15 +77,15 @@ async def queue(conn: psycopg.AsyncConnection) -> list[dict[str, Any]]:
 
 
 async def batch_states(conn: psycopg.AsyncConnection) -> dict[str, int]:
-    return {r["state"]: r["n"] for r in await _all(conn, BATCH_STATES)}
+    return {r["state"]: r["n"] for r in await _all(conn, STATES_OF_BATCHES)}
 
 
 async def delivery_backlog(conn: psycopg.AsyncConnection) -> dict[str, int]:
-    return {r["state"]: r["n"] for r in await _all(conn, DELIVERY_BACKLOG)}
+    return {r["state"]: r["n"] for r in await _all(conn, BACKLOG_OF_DELIVERIES)}
 
 
 async def batch_totals(conn: psycopg.AsyncConnection) -> list[dict[str, Any]]:
-    return await _all(conn, BATCH_TOTALS)
+    return await _all(conn, TOTALS_OF_BATCHES)
 
 
 async def max_ids(conn: psycopg.AsyncConnection) -> tuple[int, int]:
@@ -95,7 +95,7 @@ async def max_ids(conn: psycopg.AsyncConnection) -> tuple[int, int]:
 
 
 async def deliveries_between(conn: psycopg.AsyncConnection, after: int, upto: int) -> list[dict[str, Any]]:
-    params = {"after": after, "upto": upto, "bounds": list(DELIVERY_BUCKETS_MS)}
+    params = {"after": after, "upto": upto, "bounds": list(LATENCY_BUCKETS_MS)}
     return await _all(conn, DELIVERIES_BETWEEN, params)
 
 

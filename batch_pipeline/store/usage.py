@@ -31,7 +31,7 @@ GROUP_KEYS = {
     "day": sql.SQL("to_char(coalesce(completed_at, updated_at) AT TIME ZONE 'UTC', 'YYYY-MM-DD')"),
 }
 
-BATCH_USAGE = """
+USAGE_OF_A_BATCH = """
 SELECT id, model, endpoint, request_count, openai_completed, estimated_tokens,
        input_tokens, cached_tokens, output_tokens, reasoning_tokens
 FROM batchman.batches WHERE id = %s
@@ -48,5 +48,5 @@ async def usage_groups(conn: psycopg.AsyncConnection, group_by: str) -> list[dic
 
 async def batch_usage(conn: psycopg.AsyncConnection, batch_id: int) -> dict[str, Any] | None:
     cur = conn.cursor(row_factory=dict_row)
-    await cur.execute(BATCH_USAGE, (batch_id,))
+    await cur.execute(USAGE_OF_A_BATCH, (batch_id,))
     return await cur.fetchone()

@@ -16,7 +16,7 @@ from intake_api.ui.render import back, checked_form
 router = APIRouter()
 
 # (action, label, confirmation, the states it applies to): what a batch row and page offer.
-BATCH_ACTIONS = (
+_ACTIONS_ON_A_BATCH = (
     ("upload", "Upload now", "Check this batch's capacity now?", ("waiting_for_capacity",)),
     ("cancel", "Cancel", "Cancel this batch (at OpenAI too)?", (*BEFORE_OPENAI, AT_OPENAI[0])),
     ("restart", "Restart", "Put this failed batch's undelivered requests back in the queue?", ("failed",)),
@@ -29,7 +29,7 @@ BATCH_ACTIONS = (
 
 def batch_actions(state: str) -> list[tuple[str, str, str]]:
     """The actions that apply to a batch in ``state``: (action, label, confirmation)."""
-    return [(a, label, ask) for a, label, ask, states in BATCH_ACTIONS if state in states]
+    return [(a, label, ask) for a, label, ask, states in _ACTIONS_ON_A_BATCH if state in states]
 
 
 async def _run(request: Request, batch_id: int, action: str) -> str:

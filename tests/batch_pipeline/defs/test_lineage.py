@@ -16,7 +16,12 @@ from batch_pipeline.defs.definitions import build_definitions
 from tests.conftest import WebhookReceiver
 
 STAGES = ("batching_sensor", "status_sensor")
-KEYS = [assets.BATCH_INPUT, assets.OPENAI_BATCH, assets.BATCH_RESULTS, assets.BATCH_DELIVERIES]
+KEYS = [
+    assets.ASSET_BATCH_INPUT,
+    assets.ASSET_OPENAI_BATCH,
+    assets.ASSET_BATCH_RESULTS,
+    assets.ASSET_BATCH_DELIVERIES,
+]
 
 
 @pytest.fixture
@@ -53,17 +58,17 @@ def passed(record) -> bool:
 def test_definitions_show_the_lineage_and_the_checks(pipeline_settings, db_url) -> None:
     defs = build_definitions(pipeline_settings, dsn=db_url)
     graph = defs.resolve_asset_graph()
-    assert graph.get(assets.BATCH_DELIVERIES).parent_keys == {assets.BATCH_RESULTS}
-    assert graph.get(assets.BATCH_RESULTS).parent_keys == {assets.OPENAI_BATCH}
-    assert graph.get(assets.OPENAI_BATCH).parent_keys == {assets.BATCH_INPUT}
-    assert graph.get(assets.BATCH_INPUT).parent_keys == {assets.REQUESTS}
+    assert graph.get(assets.ASSET_BATCH_DELIVERIES).parent_keys == {assets.ASSET_BATCH_RESULTS}
+    assert graph.get(assets.ASSET_BATCH_RESULTS).parent_keys == {assets.ASSET_OPENAI_BATCH}
+    assert graph.get(assets.ASSET_OPENAI_BATCH).parent_keys == {assets.ASSET_BATCH_INPUT}
+    assert graph.get(assets.ASSET_BATCH_INPUT).parent_keys == {assets.REQUESTS}
     assert not graph.get(assets.REQUESTS).is_materializable  # external: the API writes it
     assert all(graph.get(k).partitions_def.name == "batches" for k in KEYS)
     checks = {(c.asset_key, c.name) for c in graph.asset_check_keys}
     assert checks == {
-        (assets.BATCH_RESULTS, assets.ACCOUNTED),
-        (assets.BATCH_DELIVERIES, assets.NOT_STUCK),
-        (assets.BATCH_INPUT, assets.INPUT_LINES),
+        (assets.ASSET_BATCH_RESULTS, assets.ACCOUNTED),
+        (assets.ASSET_BATCH_DELIVERIES, assets.NOT_STUCK),
+        (assets.ASSET_BATCH_INPUT, assets.INPUT_LINES),
     }
 
 
@@ -74,24 +79,24 @@ def test_one_batch_history_covers_every_stage(driver, db_url, add_requests, rece
     assert driver.query("SELECT state FROM batchman.batches")[0]["state"] == "delivered"
     inst = driver.instance
 
-    (inp,) = materializations(inst, assets.BATCH_INPUT, "1")
+    (inp,) = materializations(inst, assets.ASSET_BATCH_INPUT, "1")
     assert inp.metadata["request_count"].value == 3 and inp.metadata["bytes"].value > 0
     assert inp.metadata["estimated_tokens"].value == 30
     assert str(inp.metadata["input_file_id"].value).startswith("file")  # simulator: an id, not a link
-    created, finished = materializations(inst, assets.OPENAI_BATCH, "1")
+    created, finished = materializations(inst, assets.ASSET_OPENAI_BATCH, "1")
     assert str(created.metadata["openai_batch_id"].value).startswith("batch_")
     assert finished.metadata["openai_status"].value == "completed"
     assert finished.metadata["input_tokens"].value > 0 and finished.metadata["completed"].value == 3
-    (results,) = materializations(inst, assets.BATCH_RESULTS, "1")
+    (results,) = materializations(inst, assets.ASSET_BATCH_RESULTS, "1")
     assert results.metadata["requests_by_state"].value == {"openai_processed": 3}
-    deliveries = materializations(inst, assets.BATCH_DELIVERIES, "1")
+    deliveries = materializations(inst, assets.ASSET_BATCH_DELIVERIES, "1")
     assert deliveries[-1].metadata["attempt_outcomes"].value == {"success": 3}
     assert deliveries[-1].metadata["batch_state"].value == "delivered"
 
     for key, name in [
-        (assets.BATCH_RESULTS, assets.ACCOUNTED),
-        (assets.BATCH_INPUT, assets.INPUT_LINES),
-        (assets.BATCH_DELIVERIES, assets.NOT_STUCK),
+        (assets.ASSET_BATCH_RESULTS, assets.ACCOUNTED),
+        (assets.ASSET_BATCH_INPUT, assets.INPUT_LINES),
+        (assets.ASSET_BATCH_DELIVERIES, assets.NOT_STUCK),
     ]:
         history = check_history(inst, key, name)
         assert history and all(passed(r) for r in history), (key, name)
@@ -110,7 +115,7 @@ def test_accounting_check_fails_when_a_request_is_counted_twice(driver, db_url, 
             " WHERE custom_id = 'late-0'"
         )
     driver.drive(stages=STAGES)
-    history = check_history(driver.instance, assets.BATCH_RESULTS, assets.ACCOUNTED)
+    history = check_history(driver.instance, assets.ASSET_BATCH_RESULTS, assets.ACCOUNTED)
     (record,) = [r for r in history if r.partition == "1"]
     # The resubmitted request went through a second batch, which accounts for it correctly.
     assert all(passed(r) for r in history if r.partition != "1")
@@ -139,5 +144,5 @@ def test_checks_run_by_hand_per_partition(driver, db_url, add_requests) -> None:
     assert evaluations[assets.NOT_STUCK].metadata["stuck_past_lease"].value == 1
     assert evaluations[assets.ACCOUNTED].passed is True
     assert evaluations[assets.INPUT_LINES].passed is True
-    records = check_history(driver.instance, assets.BATCH_DELIVERIES, assets.NOT_STUCK)
+    records = check_history(driver.instance, assets.ASSET_BATCH_DELIVERIES, assets.NOT_STUCK)
     assert records[0].partition == "1" and not passed(records[0])

@@ -26,7 +26,7 @@ def test_the_queue_is_an_index_only_scan_of_the_queued_index(db_url: str) -> Non
 
 
 def test_the_backlog_reads_two_partial_indexes(db_url: str) -> None:
-    text = plan(db_url, sql.DELIVERY_BACKLOG)
+    text = plan(db_url, sql.BACKLOG_OF_DELIVERIES)
     assert "requests_due_idx" in text and "requests_claimed_idx" in text, text
     assert "Seq Scan" not in text, text
 
@@ -36,7 +36,7 @@ def test_the_backlog_reads_two_partial_indexes(db_url: str) -> None:
     [(sql.DELIVERIES_BETWEEN, "delivery_attempts_pkey"), (sql.TRANSITIONS_BETWEEN, "batch_transitions_pkey")],
 )
 def test_counter_increments_read_an_id_range(db_url: str, query: str, index: str) -> None:
-    params = {"after": 10, "upto": 20, "bounds": list(sql.DELIVERY_BUCKETS_MS)}
+    params = {"after": 10, "upto": 20, "bounds": list(sql.LATENCY_BUCKETS_MS)}
     text = plan(db_url, query, params)
     assert f"Index Scan using {index}" in text, text
     assert "Index Cond: ((id > '10'::bigint) AND (id <= '20'::bigint))" in text, text
