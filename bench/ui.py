@@ -5,6 +5,11 @@ arrival times over the last two days), with one delivery attempt per finished re
 as autovacuum would. The API runs in its own process; each page is fetched ``ROUNDS`` times and the
 median reported. The dashboard's counts are cached for a few seconds, so it is measured on a cache
 miss each round (the expensive case), after the cache has expired.
+
+The custom_id search reads request_search, which the search_index sensor fills in the background: the
+search pages are measured once before it has run (every row read by primary key, as a search without
+pg_trgm does), then the filler is run to the end as the sensor would (its time reported) and every
+page is measured.
 """
 
 from __future__ import annotations
@@ -18,6 +23,8 @@ from datetime import UTC, datetime, timedelta
 import httpx
 import psycopg
 
+from batch_pipeline.db import connect
+from batch_pipeline.defs.search_index import fill
 from bench.support import fresh_database, postgres_server, report, uvicorn_process
 
 REQUESTS = 1_000_000
@@ -95,6 +102,36 @@ def seed(dsn: str) -> dict[str, object]:
     return {"batch": batch_ids[3], "waiting_batch": batch_ids[-1], "custom_id": "job-0500000-a"}
 
 
+SEARCHES = (
+    "/requests?q=0500000", "/requests?q=no-such-custom-id", "/requests?q=job-05",
+    "/requests?q=0500000&state=delivered",
+)  # fmt: skip
+
+
+def fill_search_index(dsn: str) -> None:
+    """What the search_index sensor does over its ticks, in one go; then ANALYZE, as autovacuum would."""
+    start = time.perf_counter()
+    copied = 0
+    while True:
+        n, where = fill(lambda: connect(dsn), budget_seconds=600)
+        copied += n
+        if where["searchable_up_to"] >= where["newest"] or not where["indexed"]:
+            break
+    report(
+        f"search index filled ({copied:,} custom_ids, in the background)", time.perf_counter() - start, "s"
+    )
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("VACUUM ANALYZE batchman.request_search")
+
+
+def measure(client: httpx.Client, paths: list[str] | tuple[str, ...], label: str = "") -> None:
+    for path in paths:
+        timed(client, path)  # warm-up (connection, plans)
+        median = statistics.median(timed(client, path) for _ in range(ROUNDS))
+        verdict = f"< {TARGET_MS}" + ("" if median < TARGET_MS else "  MISSED")
+        report(path + label, median, "ms", verdict)
+
+
 def timed(client: httpx.Client, path: str) -> float:
     start = time.perf_counter()
     resp = client.get(path)
@@ -109,8 +146,7 @@ def main() -> None:
         ids = seed(dsn)
         pages = [
             "/batches", "/batches?sort=oldest", "/batches?state=delivered&q=mini", f"/batches/{ids['batch']}",
-            "/requests", "/requests?q=0500000", "/requests?q=no-such-custom-id",
-            "/requests?state=delivery_failed",
+            "/requests", *SEARCHES, "/requests?state=delivery_failed",
             f"/requests?batch_id={ids['batch']}", f"/requests/{ids['custom_id']}", "/settings",
             "/ui/live/requests/new?since=1", f"/ui/live/batches/{ids['batch']}",
         ]  # fmt: skip
@@ -119,6 +155,8 @@ def main() -> None:
             base_url=base, timeout=60
         ) as client:  # fmt: skip
             print(f"UI pages with {REQUESTS:,} requests stored (median of {ROUNDS}; target < {TARGET_MS} ms)")
+            measure(client, SEARCHES, " (index not filled yet)")
+            fill_search_index(dsn)
             dashboard = []
             for _ in range(ROUNDS):
                 dashboard.append(timed(client, "/"))
@@ -127,10 +165,7 @@ def main() -> None:
             # The counts themselves are taken in the background; the page says how long that took.
             took = re.search(r"took (\d+) ms", client.get("/ui/live/dashboard").text)
             report("dashboard counts, taken in the background", float(took.group(1)) if took else -1, "ms")
-            for path in pages:
-                timed(client, path)  # warm-up (connection, plans)
-                median = statistics.median(timed(client, path) for _ in range(ROUNDS))
-                report(path, median, "ms", f"< {TARGET_MS}" + ("" if median < TARGET_MS else "  MISSED"))
+            measure(client, pages)
 
 
 if __name__ == "__main__":

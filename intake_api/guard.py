@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import hmac
 from collections.abc import Mapping
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -35,6 +35,7 @@ OPEN_PATHS = ("/api/openai/webhook", "/api/openapi", "/api/swaggerui")
 _PAGES_WITHOUT_LOGIN = ("/login", "/health", "/ui/static/", "/favicon.ico")
 # Dagster's own requests go through as they are (its webserver applies its own limits).
 _PAGES_WITHOUT_BODY_CAP = ("/dagster",)
+_FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
 
 
 def token_ok(headers: Mapping[str, str], token: str) -> bool:
@@ -102,17 +103,32 @@ class Guard:
             await send({"type": "websocket.close", "code": 1008})  # before accept: a 403 to the client
         elif scope.get("method") == "GET" and "text/html" in headers.get("accept", ""):
             query = scope.get("query_string", b"").decode("latin-1")
-            target = quote(path + (f"?{query}" if query else ""), safe="")
-            await send(
-                {
-                    "type": "http.response.start",
-                    "status": 303,
-                    "headers": [(b"location", f"/login?next={target}".encode()), (b"content-length", b"0")],
-                }
-            )
-            await send({"type": "http.response.body", "body": b""})
+            await _to_login(send, path + (f"?{query}" if query else ""))
+        elif scope.get("method") == "POST" and headers.get("content-type", "").startswith(_FORM_TYPES):
+            # A form posted after the login expired: nothing is done; log in, then back to its page.
+            await _to_login(send, _same_site_path(headers.get("referer", "")), expired=True)
         else:
             await _refuse(send, 401, "unauthorized", "Unauthorized", "Log in at /login first.")
+
+
+async def _to_login(send: Send, target: str, expired: bool = False) -> None:
+    location = f"/login?next={quote(target, safe='')}" + ("&expired=1" if expired else "")
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 303,
+            "headers": [(b"location", location.encode()), (b"content-length", b"0")],
+        }
+    )
+    await send({"type": "http.response.body", "body": b""})
+
+
+def _same_site_path(referer: str) -> str:
+    """The path (and query) of a Referer on this site, else ``/`` (the login checks it again)."""
+    parts = urlsplit(referer)
+    if parts.path.startswith("/") and not parts.path.startswith("//"):
+        return parts.path + (f"?{parts.query}" if parts.query else "")
+    return "/"
 
 
 def _too_large(cap: int) -> tuple[str, str, str]:

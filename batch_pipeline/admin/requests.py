@@ -12,6 +12,7 @@ import psycopg
 
 from batch_pipeline.admin.errors import NotRedeliverable, RequestNotFound
 from batch_pipeline.redaction import masked_delivery_config
+from batch_pipeline.store import request_search
 from batch_pipeline.store import requests as store
 from batch_pipeline.store.requests import RequestFilter
 
@@ -35,8 +36,13 @@ async def get_request(conn: psycopg.AsyncConnection, custom_id: str) -> dict[str
 async def list_requests(
     conn: psycopg.AsyncConnection, flt: RequestFilter, limit: int, before: int | None
 ) -> list[dict[str, Any]]:
-    """Newest first; ``before`` is the last id of the previous page (keyset pagination)."""
-    return [_shown(row) for row in await store.list_requests(conn, flt, limit, before)]
+    """Newest first; ``before`` is the last id of the previous page (keyset pagination). A custom_id
+    search reads the trigram-indexed search table where it can (``store.request_search``)."""
+    if flt.custom_id_contains or flt.search:
+        rows = await request_search.search_requests(conn, flt, limit, before)
+    else:
+        rows = await store.list_requests(conn, flt, limit, before)
+    return [_shown(row) for row in rows]
 
 
 def _shown(row: dict[str, Any]) -> dict[str, Any]:

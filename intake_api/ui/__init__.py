@@ -23,6 +23,7 @@ def install(app: FastAPI, settings: Settings) -> None:
         batches_page,
         dagster_proxy,
         dashboard,
+        errors,
         login,
         request_pages,
         settings_page,
@@ -33,3 +34,4 @@ def install(app: FastAPI, settings: Settings) -> None:
     for module in (login, dashboard, batches_page, batch_page, actions, request_pages, settings_page):
         app.include_router(module.router, include_in_schema=False)
     dagster_proxy.install(app, settings)
+    errors.install(app)  # a page with a way back for a browser's errors (after the JSON handlers)

@@ -14,7 +14,7 @@ import contextlib
 from urllib.parse import urlsplit
 
 import httpx
-from fastapi import FastAPI, Request, WebSocket
+from fastapi import FastAPI, Request, WebSocket, WebSocketDisconnect
 from fastapi.responses import Response, StreamingResponse
 from starlette.background import BackgroundTask
 from websockets.asyncio.client import connect
@@ -133,7 +133,8 @@ async def _pump(websocket: WebSocket, remote) -> None:
     for task in pending:
         task.cancel()
     for task in tasks:
-        with contextlib.suppress(asyncio.CancelledError, ConnectionClosed, RuntimeError):
+        # The browser leaving the page (WebSocketDisconnect while sending to it) is the normal end.
+        with contextlib.suppress(asyncio.CancelledError, ConnectionClosed, WebSocketDisconnect, RuntimeError):
             await task
     with contextlib.suppress(RuntimeError):
         await websocket.close()

@@ -21,10 +21,11 @@ def safe_next(target: str | None) -> str:
 
 
 @router.get("/login")
-async def login_form(request: Request, next: str = "/") -> Response:
+async def login_form(request: Request, next: str = "/", expired: str | None = None) -> Response:
     if request.app.state.settings.api_token is None:
         return RedirectResponse(safe_next(next), status_code=303)
-    return await page(request, "login.html", {"next": safe_next(next), "error": None})
+    ctx = {"next": safe_next(next), "error": None, "expired": expired is not None}
+    return await page(request, "login.html", ctx)
 
 
 @router.post("/login")

@@ -260,3 +260,23 @@ def test_pause_and_resume_intake(page, stack: Stack, artifacts: Path) -> None:
     page.click("#intake-toggle:has-text('Resume intake')")
     assert flash(page) == "Intake resumed"
     assert page.locator("#paused-banner").count() == 0
+
+
+def test_errors_are_pages_with_a_way_back(page, stack: Stack, artifacts: Path) -> None:
+    page.goto(f"{stack.url}/batches/987654")
+    assert page.locator("h1").inner_text().startswith("Not found")
+    assert "No batch found" in page.locator(".error-page").inner_text()
+    shot(page, artifacts, "not-found")
+    page.click("#way-back")
+    page.wait_for_url(f"{stack.url}/batches")
+    # A form whose CSRF token no longer fits the session (as after a log-in elsewhere): refused, and
+    # the page says nothing changed and leads back to the form's page.
+    page.goto(f"{stack.url}/settings")
+    stale = "document.querySelectorAll('input[name=csrf_token]').forEach(i => i.value = '0'.repeat(64))"
+    page.evaluate(stale)
+    page.click("#intake-toggle:has-text('Pause intake')")
+    assert "nothing was changed" in page.locator(".error-page").inner_text()
+    shot(page, artifacts, "form-refused")
+    page.click("#way-back")
+    page.wait_for_url(f"{stack.url}/settings")
+    assert page.locator("#paused-banner").count() == 0

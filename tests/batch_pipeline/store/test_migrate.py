@@ -57,7 +57,12 @@ def test_migrated_schema_is_as_expected(empty_db_url: str) -> None:
     actual = describe_schema(empty_db_url)
     if os.environ.get("UPDATE_EXPECTED_SCHEMA"):
         EXPECTED.write_text(actual)
-    assert actual == EXPECTED.read_text()
+    expected = EXPECTED.read_text()
+    with psycopg.connect(empty_db_url) as conn:
+        has_trigrams = conn.execute("SELECT 1 FROM pg_extension WHERE extname = 'pg_trgm'").fetchone()
+    if not has_trigrams:  # a server without pg_trgm (the embedded one) gets no trigram index: 0008
+        expected = "".join(line for line in expected.splitlines(True) if "gin_trgm_ops" not in line)
+    assert actual == expected
 
 
 def test_second_run_applies_nothing_and_records_checksums(empty_db_url: str) -> None:
