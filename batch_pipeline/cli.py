@@ -88,7 +88,8 @@ def cmd_simulator(settings: Settings, args: argparse.Namespace) -> int:
         print(exc, file=sys.stderr)
         return 2
     host = args.host or sim_settings.host
-    serve(host=host, port=args.port or settings.simulator_port, settings=sim_settings)
+    configure_logging(settings, access_log=True)  # its requests are logged by uvicorn, in LOG_FORMAT
+    serve(host=host, port=args.port or settings.simulator_port, settings=sim_settings, log_config=None)
     return 0
 
 
@@ -103,7 +104,7 @@ def check_openai_key(settings: Settings) -> str | None:
     from batch_pipeline import openai_client as oai
 
     try:
-        with openai.OpenAI(**oai.client_options(settings, timeout=10.0, max_retries=0)) as client:
+        with oai.sync_client(settings, timeout=10.0, max_retries=0) as client:
             client.files.list(limit=1)
     except openai.APIStatusError as exc:
         if exc.status_code in (401, 403):
@@ -168,8 +169,11 @@ def _start_dagster(sup: Supervisor, settings: Settings, env: dict[str, str], dsn
     env.pop("DAGSTER_HOME", None)  # `up` always uses its own, under DATA_DIR
     dp.dagster_env(settings, env, dsn, root / "dagster.yaml")
     workspace = root / "workspace.yaml"
-    sup.start("dagster-webserver", dp.webserver_argv(settings.dagster_host, settings.dagster_port, workspace))
-    sup.start("dagster-daemon", dp.daemon_argv(workspace))
+    fmt = settings.log_format
+    sup.start(
+        "dagster-webserver", dp.webserver_argv(settings.dagster_host, settings.dagster_port, workspace, fmt)
+    )
+    sup.start("dagster-daemon", dp.daemon_argv(workspace, fmt))
 
 
 def project_root() -> Path:
@@ -192,12 +196,12 @@ def dagster_role(settings: Settings, args: argparse.Namespace) -> tuple[list[str
     env = dict(os.environ)
     dp.dagster_env(settings, env, settings.database_url, project_root() / "dagster.yaml")
     if args.command == "dagster-code-server":
-        return dp.code_server_argv(args.host, args.port), env
+        return dp.code_server_argv(args.host, args.port, settings.log_format), env
     workspace = Path(args.workspace) if args.workspace else project_root() / "workspace.yaml"
     if args.command == "dagster-daemon":
-        return dp.daemon_argv(workspace), env
+        return dp.daemon_argv(workspace, settings.log_format), env
     host, port = args.host or settings.dagster_host, args.port or settings.dagster_port
-    return dp.webserver_argv(host, port, workspace), env
+    return dp.webserver_argv(host, port, workspace, settings.log_format), env
 
 
 def cmd_dagster(settings: Settings, args: argparse.Namespace) -> int:

@@ -12,6 +12,7 @@ from fastapi.openapi.utils import get_openapi
 from psycopg_pool import AsyncConnectionPool
 
 import batch_pipeline
+from batch_pipeline.admin.metrics import record_openai_calls
 from batch_pipeline.config import Settings, get_settings
 from batch_pipeline.intake.service import IntakeService
 from batch_pipeline.observability.logs import configure_logging
@@ -46,6 +47,7 @@ def create_app(settings: Settings | None = None, database_url: str | None = None
         )
         await pool.open()
         app.state.pool = pool
+        record_openai_calls(dsn)  # this worker's OpenAI calls (file downloads, cancels), for /metrics
         # The bulk array decoder (0.3 s to build at 50,000 items) is made now, not in the first call.
         prepare_bulk_decoder(settings.bulk_max_items)
         if gc.get_freeze_count() == 0:  # once per process (tests start many apps in one)

@@ -64,12 +64,6 @@ async def cancel_batch(conn: psycopg.AsyncConnection, settings: Settings, batch_
     raise InvalidBatchState(batch_id, found["state"], "cancelled", (*BEFORE_OPENAI, *AT_OPENAI))
 
 
-def _client_options(settings: Settings) -> dict[str, Any]:
-    from batch_pipeline import openai_client as oai  # imports the SDK
-
-    return oai.client_options(settings, timeout=SDK_TIMEOUT_SECONDS, max_retries=SDK_MAX_RETRIES)
-
-
 async def find_at_openai(settings: Settings, batch_id: int) -> str | None:
     """The OpenAI batch created for ours by a run that crashed before storing its id, if any."""
     import openai
@@ -77,7 +71,7 @@ async def find_at_openai(settings: Settings, batch_id: int) -> str | None:
     from batch_pipeline import openai_client as oai
 
     def find() -> str | None:
-        with openai.OpenAI(**_client_options(settings)) as client:
+        with oai.sync_client(settings, timeout=SDK_TIMEOUT_SECONDS, max_retries=SDK_MAX_RETRIES) as client:
             remote = oai.find_batch(client, batch_id)
         return remote.id if remote else None
 
@@ -91,7 +85,9 @@ async def cancel_at_openai(settings: Settings, openai_batch_id: str) -> bool:
     """``POST /v1/batches/{id}/cancel``. False when OpenAI does not know the batch (nothing to stop)."""
     import openai
 
-    async with openai.AsyncOpenAI(**_client_options(settings)) as client:
+    from batch_pipeline import openai_client as oai  # imports the SDK
+
+    async with oai.async_client(settings, timeout=SDK_TIMEOUT_SECONDS, max_retries=SDK_MAX_RETRIES) as client:
         try:
             await client.batches.cancel(openai_batch_id)
         except openai.NotFoundError:

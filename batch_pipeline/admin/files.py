@@ -9,7 +9,7 @@ error file, the file is not available.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import TYPE_CHECKING
 
 import psycopg
 from psycopg_pool import AsyncConnectionPool
@@ -17,6 +17,9 @@ from psycopg_pool import AsyncConnectionPool
 from batch_pipeline.admin.errors import BatchNotFound, FileNotAvailable, OpenAICallFailed
 from batch_pipeline.config import Settings
 from batch_pipeline.store.batch_files import batch_file_ids
+
+if TYPE_CHECKING:
+    import openai
 
 FILE_KINDS = ("input", "output", "error")
 CHUNK_BYTES = 64 * 1024
@@ -43,10 +46,10 @@ async def _file_id(
     return file_id
 
 
-def _client_options(settings: Settings) -> dict[str, Any]:
+def _client(settings: Settings) -> openai.AsyncOpenAI:
     from batch_pipeline import openai_client as oai  # imports the SDK, slow: only when a file is asked for
 
-    return oai.client_options(settings, timeout=SDK_TIMEOUT_SECONDS, max_retries=SDK_MAX_RETRIES)
+    return oai.async_client(settings, timeout=SDK_TIMEOUT_SECONDS, max_retries=SDK_MAX_RETRIES)
 
 
 async def batch_file_stream(
@@ -61,7 +64,7 @@ async def batch_file_stream(
     import openai
 
     file_id = await _file_id(conn_or_pool, batch_id, kind)
-    async with openai.AsyncOpenAI(**_client_options(settings)) as client:
+    async with _client(settings) as client:
         try:
             async with client.files.with_streaming_response.content(file_id) as response:
                 yield b""

@@ -2,11 +2,12 @@
 
 The Dagster runs (upload, status, results, delivery) record what they do in the database: batch state
 changes in ``batch_transitions``, delivery attempts with their latency in ``delivery_attempts``, token
-usage and line counts on ``batches``. Reading those at scrape time means no exporter per run process,
-and every API worker answers the same figures. Counters over the append-only tables are kept as running
-totals in this process and advanced one id range per refresh (``store.metrics``): a scrape reads the
-newest rows by primary key, not the whole table. The first counted range of a process reads
-everything once (about 0.x s with a million attempts; see the README).
+usage and line counts on ``batches``, and every process its OpenAI calls in ``openai_calls``. Reading
+those at scrape time means no exporter per run process, and every API worker answers the same figures.
+Counters over the append-only tables are kept as running totals in this process and advanced one id
+range per refresh (``store.metrics``): a scrape reads the newest rows by primary key, not the table.
+The first counted range of a process reads everything once (about 0.x s with a million attempts; see
+the README).
 """
 
 from __future__ import annotations
@@ -27,6 +28,10 @@ from batch_pipeline.admin import intake_control
 from batch_pipeline.config import Settings
 from batch_pipeline.pricing import PriceTable, PriceTableError, cost, load_prices
 from batch_pipeline.store import metrics as sql
+from batch_pipeline.store import openai_calls
+from batch_pipeline.store.openai_calls import record_openai_calls
+
+__all__ = ["DatabaseMetrics", "metric_prices", "record_openai_calls"]
 
 # How long one reading is served: a scrape every few seconds from several Prometheus replicas, or a
 # dashboard, costs the database one round of statements per interval.
@@ -49,11 +54,15 @@ class Tally:
 
     deliveries_upto: int = 0
     transitions_upto: int = 0
-    marks: deque = field(default_factory=deque)  # (monotonic time, delivery id, transition id)
+    calls_upto: int = 0
+    marks: deque = field(default_factory=deque)  # (monotonic time, delivery, transition, call ids)
     deliveries: Counter = field(default_factory=Counter)  # (type, outcome) -> n
     delivery_ms: Counter = field(default_factory=Counter)  # type -> total ms
     buckets: Counter = field(default_factory=Counter)  # (type, bucket) -> n
     transitions: Counter = field(default_factory=Counter)  # (from, to) -> n
+    calls: Counter = field(default_factory=Counter)  # (operation, outcome) -> n
+    call_seconds: Counter = field(default_factory=Counter)  # (operation, outcome) -> total s
+    call_buckets: Counter = field(default_factory=Counter)  # (operation, outcome, bucket) -> n
 
     async def advance(self, conn: psycopg.AsyncConnection) -> None:
         now = time.monotonic()
@@ -64,7 +73,7 @@ class Tally:
         if settled is None:
             return
         self.marks.appendleft(settled)  # also the start of the next wait
-        _, deliveries_upto, transitions_upto = settled
+        _, deliveries_upto, transitions_upto, calls_upto = settled
         if deliveries_upto > self.deliveries_upto:
             for row in await sql.deliveries_between(conn, self.deliveries_upto, deliveries_upto):
                 self.deliveries[row["type"], row["outcome"]] += row["n"]
@@ -75,6 +84,14 @@ class Tally:
             for row in await sql.transitions_between(conn, self.transitions_upto, transitions_upto):
                 self.transitions[row["from_state"], row["to_state"]] += row["n"]
             self.transitions_upto = transitions_upto
+        if calls_upto > self.calls_upto:
+            for row in await openai_calls.calls_between(conn, self.calls_upto, calls_upto):
+                key = (row["operation"], row["outcome"])
+                self.calls[key] += row["calls"]
+                self.call_seconds[key] += row["seconds"]
+                for i, n in enumerate(row["buckets"]):
+                    self.call_buckets[(*key, i)] += n or 0
+            self.calls_upto = calls_upto
 
 
 @dataclass
@@ -166,6 +183,7 @@ class _Families:
         yield backlog
         yield from self._totals()
         yield from _deliveries(t)
+        yield _openai_calls(t)
         moves = CounterMetricFamily(
             "batchman_batch_transitions",
             "Batch state changes (OpenAI upload, create, completion, download, delivery outcomes)",
@@ -224,3 +242,21 @@ def _deliveries(t: Tally) -> Iterator[Any]:
             buckets.append(("+Inf" if bound is None else str(bound / 1000), cumulative))
         latency.add_metric([kind], buckets, sum_value=t.delivery_ms[kind] / 1000)
     yield latency
+
+
+def _openai_calls(t: Tally) -> Any:
+    latency = HistogramMetricFamily(
+        "batchman_openai_call_seconds",
+        "OpenAI HTTP calls (SDK retries included) of every process, by operation and outcome, and their"
+        " latency to the answer's headers",
+        labels=["operation", "outcome"],
+    )
+    for key in sorted(t.calls):
+        from batch_pipeline.openai_client import CALL_BUCKETS_SECONDS  # the SDK: slow, once there are calls
+
+        cumulative, buckets = 0, []
+        for i, bound in enumerate((*CALL_BUCKETS_SECONDS, None)):
+            cumulative += t.call_buckets[(*key, i)]
+            buckets.append(("+Inf" if bound is None else str(bound), cumulative))
+        latency.add_metric(list(key), buckets, sum_value=t.call_seconds[key])
+    return latency

@@ -39,8 +39,9 @@ _QUERY_SECRET = re.compile(
     r"([?&][^=&\s\"']*(?:token|key|secret|sig|pass|auth|credential|session|code)[^=&\s\"']*=)[^&\s\"'#]+",
     re.IGNORECASE,
 )
-# Loggers that install handlers of their own (uvicorn's default config): they go through ours instead.
-_OWN_HANDLER_LOGGERS = ("uvicorn", "uvicorn.error")
+# Loggers that install handlers of their own (uvicorn's default config; Dagster's CLI, in the code
+# server and run workers, where our code loads after it): they go through ours instead.
+_OWN_HANDLER_LOGGERS = ("uvicorn", "uvicorn.error", "dagster", "dagster-webserver", "dagit")
 # uvicorn's access lines: ours (intake_api/request_log.py) replace them.
 _REPLACED_LOGGERS = ("uvicorn.access",)
 _HANDLER_NAME = "batchman"
@@ -89,11 +90,34 @@ class Scrubber:
 
 def _fields(record: logging.LogRecord, names: tuple[str, ...] = (*CONTEXT_FIELDS, *EXTRA_FIELDS)) -> dict:
     found = {k: v for k, v in _context.get().items() if k in CONTEXT_FIELDS}
+    meta = getattr(record, "dagster_meta", None)  # a line of a Dagster run: it names the run
+    if isinstance(meta, dict):
+        found["run_id"] = meta.get("run_id") or found.get("run_id")
+        found["batch_id"] = (meta.get("job_tags") or {}).get("batch_id") or found.get("batch_id")
+        found = {k: v for k, v in found.items() if v is not None}
     for name in names:
         value = getattr(record, name, None)
         if value is not None:
             found[name] = value
     return found
+
+
+class StderrHandler(logging.StreamHandler):
+    """A stream handler writing to whatever ``sys.stderr`` is when a line is written, not when it was
+    made: a test runner swaps ``sys.stderr`` per test and closes the old one (``setStream`` still pins
+    a stream of one's choosing)."""
+
+    def __init__(self) -> None:
+        logging.Handler.__init__(self)
+        self._pinned: Any = None
+
+    @property
+    def stream(self) -> Any:  # type: ignore[override]
+        return self._pinned if self._pinned is not None else sys.stderr
+
+    @stream.setter
+    def stream(self, value: Any) -> None:
+        self._pinned = value
 
 
 class JsonFormatter(logging.Formatter):
@@ -153,11 +177,14 @@ def _password(url: str | None) -> str | None:
     return unquote(password) if password else None
 
 
-def configure_logging(settings: Settings | None, log_format: str | None = None) -> None:
-    """One handler on the root logger, in ``LOG_FORMAT``; safe to call again (it replaces its own)."""
+def configure_logging(
+    settings: Settings | None, log_format: str | None = None, access_log: bool = False
+) -> None:
+    """One handler on the root logger, in ``LOG_FORMAT``; safe to call again (it replaces its own).
+    ``access_log``: keep uvicorn's access lines (the simulator's; the API writes its own)."""
     fmt = log_format or (settings.log_format if settings else "text")
     scrub = Scrubber(secret_values(settings))
-    handler = logging.StreamHandler(sys.stderr)
+    handler = StderrHandler()
     handler.setFormatter(JsonFormatter(scrub) if fmt == "json" else TextFormatter(scrub))
     handler.set_name(_HANDLER_NAME)
     root = logging.getLogger()
@@ -171,4 +198,4 @@ def configure_logging(settings: Settings | None, log_format: str | None = None) 
         own.handlers.clear()
         own.propagate = True
     for name in _REPLACED_LOGGERS:
-        logging.getLogger(name).disabled = True
+        logging.getLogger(name).disabled = not access_log

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any, Literal
 
 import uvicorn
 from fastapi import FastAPI, Request
@@ -87,12 +88,22 @@ def banner(host: str, port: int) -> str:
     return f"OpenAI Batch API SIMULATOR on http://{host}:{port} — no real OpenAI calls are made"
 
 
-def serve(host: str = "127.0.0.1", port: int = 4010, *, settings: SimulatorSettings | None = None) -> None:
-    """Run the simulator with uvicorn until interrupted (blocking). Point clients at ``http://host:port/v1``."""
+def serve(
+    host: str = "127.0.0.1",
+    port: int = 4010,
+    *,
+    settings: SimulatorSettings | None = None,
+    log_config: dict[str, Any] | Literal["uvicorn"] | None = "uvicorn",
+) -> None:
+    """Run the simulator with uvicorn until interrupted (blocking). Point clients at ``http://host:port/v1``.
+
+    ``log_config=None``: uvicorn leaves logging as the caller set it up (``batchman simulator``: LOG_FORMAT).
+    """
     settings = settings or load_settings()
     app = create_app(settings)
-    config = uvicorn.Config(app, host=host, port=port, log_level=settings.log_level)
-    server = uvicorn.Server(config)  # the Config above has just set up uvicorn's logging
+    logging_config: dict[str, Any] = {} if log_config == "uvicorn" else {"log_config": log_config}
+    config = uvicorn.Config(app, host=host, port=port, log_level=settings.log_level, **logging_config)
+    server = uvicorn.Server(config)  # the Config above has just set up uvicorn's logging (or not)
     logging.getLogger("uvicorn.error").warning(
         "%s (base_url http://%s:%s/v1)", banner(host, port), host, port
     )

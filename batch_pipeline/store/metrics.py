@@ -2,8 +2,8 @@
 
 Each reads a partial index or a bounded time range, so a scrape stays cheap with a million requests
 stored (EXPLAINs in tests/batch_pipeline/store/test_metrics.py). Counters over append-only tables
-(delivery attempts, batch transitions) are read as increments: the rows of one id range, which the
-caller adds to its running totals (``admin.metrics``), instead of a count over the whole table.
+(delivery attempts, batch transitions, OpenAI call figures) are read as increments: the rows of one id
+range, which the caller adds to its running totals (``admin.metrics``), not a count over the table.
 """
 
 from __future__ import annotations
@@ -45,7 +45,8 @@ FROM batchman.batches GROUP BY model
 # The newest ids of the append-only tables (their primary keys' ends).
 MAX_IDS = """
 SELECT (SELECT coalesce(max(id), 0) FROM batchman.delivery_attempts) AS deliveries,
-       (SELECT coalesce(max(id), 0) FROM batchman.batch_transitions) AS transitions
+       (SELECT coalesce(max(id), 0) FROM batchman.batch_transitions) AS transitions,
+       (SELECT coalesce(max(id), 0) FROM batchman.openai_calls) AS openai_calls
 """
 # One id range of delivery attempts (a primary key range scan), by type, outcome and latency bucket:
 # bucket i holds durations <= LATENCY_BUCKETS_MS[i]; len(LATENCY_BUCKETS_MS) is +Inf.
@@ -88,10 +89,10 @@ async def batch_totals(conn: psycopg.AsyncConnection) -> list[dict[str, Any]]:
     return await _all(conn, TOTALS_OF_BATCHES)
 
 
-async def max_ids(conn: psycopg.AsyncConnection) -> tuple[int, int]:
-    """(newest delivery attempt id, newest batch transition id)."""
+async def max_ids(conn: psycopg.AsyncConnection) -> tuple[int, int, int]:
+    """(newest delivery attempt id, newest batch transition id, newest OpenAI call figures id)."""
     row = (await _all(conn, MAX_IDS))[0]
-    return row["deliveries"], row["transitions"]
+    return row["deliveries"], row["transitions"], row["openai_calls"]
 
 
 async def deliveries_between(conn: psycopg.AsyncConnection, after: int, upto: int) -> list[dict[str, Any]]:

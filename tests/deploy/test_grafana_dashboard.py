@@ -63,5 +63,7 @@ def test_the_dashboard_covers_each_family() -> None:
         "batchman_openai_tokens_total",
         "batchman_openai_cost_usd_total",
         "batchman_intake_paused",
+        "batchman_openai_call_seconds_count",
+        "batchman_openai_call_seconds_bucket",
     ):
         assert family in used, family

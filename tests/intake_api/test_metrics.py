@@ -95,6 +95,11 @@ def seed_pipeline(db_url: str) -> None:
             " (%s, '{\"type\": \"rabbitmq\"}', 'timeout', 20000, now())",
             (request_id, request_id),
         )
+        # Two OpenAI status polls a run process wrote: 0.02 s (first bucket) and 0.3 s (0.5 s bucket).
+        conn.execute(
+            "INSERT INTO batchman.openai_calls (operation, outcome, calls, seconds, buckets)"
+            " VALUES ('batches.retrieve', 'ok', 2, 0.32, '{1,0,0,0,1,0,0,0,0,0,0,0,0}')"
+        )
 
 
 def test_database_figures(tmp_path: Path, db_url: str) -> None:
@@ -129,6 +134,11 @@ def test_database_figures(tmp_path: Path, db_url: str) -> None:
     assert sample(text, "batchman_batch_transitions_total", **moves) == 1
     assert sample(text, "batchman_intake_paused") == 0
     assert sample(text, "batchman_database_up") == 1
+    polls = {"operation": "batches.retrieve", "outcome": "ok"}
+    assert sample(text, "batchman_openai_call_seconds_count", **polls) == 2
+    assert sample(text, "batchman_openai_call_seconds_sum", **polls) == pytest.approx(0.32)
+    assert sample(text, "batchman_openai_call_seconds_bucket", **polls, le="0.025") == 1
+    assert sample(text, "batchman_openai_call_seconds_bucket", **polls, le="0.5") == 2
 
 
 def test_counters_advance_between_scrapes_without_counting_twice(tmp_path: Path, db_url: str) -> None:

@@ -121,3 +121,37 @@ def test_log_format_is_checked(tmp_path: Path) -> None:
 
     with pytest.raises(ConfigError, match="LOG_FORMAT"):
         make_settings(tmp_path, log_format="xml")
+
+
+def test_the_handler_writes_to_the_stderr_of_the_moment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Configured once (as at a module's import), it follows sys.stderr when a test runner swaps it."""
+    logs.configure_logging(make_settings(tmp_path, log_format="json"))
+    try:
+        for _ in range(2):
+            now = io.StringIO()
+            monkeypatch.setattr("sys.stderr", now)
+            logging.getLogger("batchman.test").warning("here")
+            assert orjson.loads(now.getvalue())["message"] == "here"
+    finally:
+        logs.configure_logging(None)
+
+
+@pytest.mark.parametrize("output", ["json"], indirect=True)
+def test_a_dagster_run_line_names_its_run_and_batch(output: io.StringIO) -> None:
+    meta = {"run_id": "run-1", "job_tags": {"batch_id": "42", "stage": "upload"}, "orig_message": "m"}
+    logging.getLogger("dagster.builtin").warning("stored", extra={"dagster_meta": meta})
+    line = orjson.loads(output.getvalue())
+    assert (line["run_id"], line["batch_id"]) == ("run-1", "42")
+
+
+def test_dagsters_own_loggers_go_through_ours(tmp_path: Path) -> None:
+    """The code server and run workers configure after Dagster's CLI gave its loggers handlers."""
+    dagster_logger = logging.getLogger("dagster")
+    dagster_logger.addHandler(logging.NullHandler())
+    try:
+        logs.configure_logging(make_settings(tmp_path, log_format="json"))
+        assert dagster_logger.handlers == [] and dagster_logger.propagate
+    finally:
+        logs.configure_logging(None)
