@@ -69,8 +69,8 @@ def normalize_database_url(url: str) -> str:
 
 SIM_MODE_DEFAULTS = {
     "batch_max_age_seconds": 10,
-    "sensor_interval_seconds": 5,
-    "openai_poll_interval_seconds": 5,
+    "sensor_interval_seconds": 1,
+    "openai_poll_interval_seconds": 1,
 }
 
 

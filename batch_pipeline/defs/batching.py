@@ -44,7 +44,9 @@ def make_batching_sensor(upload_job: dg.JobDefinition, interval_seconds: int) ->
             opened = open_due_batches(conn, settings, limit_for)
             admitted = admit_waiting(conn, limit_for)
             ready = store.ready_for_upload(conn, MAX_RUN_REQUESTS_PER_TICK)
-            stalled = store.relaunch_stalled(conn, UPLOAD_WORKING)
+            # 'ready' too: an upload run that never started (its launch timed out on a busy box, or
+            # it failed before its claim) leaves the batch there, and its run key is spent.
+            stalled = store.relaunch_stalled(conn, ("ready", *UPLOAD_WORKING))
         if stalled:
             context.log.warning("relaunching stalled uploads of batches %s", [r["id"] for r in stalled])
         if opened:

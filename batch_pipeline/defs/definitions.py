@@ -17,8 +17,11 @@ from batch_pipeline.defs.cleanup import cleanup_job, cleanup_schedule
 from batch_pipeline.defs.delivery import deliver_job, make_delivery_sensor, redeliver_job
 from batch_pipeline.defs.resources import build_resources
 from batch_pipeline.defs.results import refresh_status_job, results_job
+from batch_pipeline.defs.search_index import make_search_index_sensor
 from batch_pipeline.defs.status import make_status_sensor
 from batch_pipeline.defs.upload import restart_job, upload_job
+from batch_pipeline.observability.logs import configure_logging
+from batch_pipeline.store.openai_calls import record_openai_calls
 
 
 def build_definitions(settings: Settings, dsn: str | None = None) -> dg.Definitions:
@@ -43,6 +46,7 @@ def build_definitions(settings: Settings, dsn: str | None = None) -> dg.Definiti
             make_status_sensor(results_job, status_interval),
             make_delivery_sensor(deliver_job, settings.sensor_interval_seconds),
             make_alert_sensor(settings.sensor_interval_seconds),
+            make_search_index_sensor(settings.sensor_interval_seconds),
         ],
         schedules=[cleanup_schedule],
         resources=build_resources(settings, dsn),
@@ -50,4 +54,9 @@ def build_definitions(settings: Settings, dsn: str | None = None) -> dg.Definiti
     )
 
 
-defs = build_definitions(get_settings())
+# The code server and every run worker load this module: their lines in LOG_FORMAT (Dagster's own
+# included), their OpenAI calls written for /metrics.
+_settings = get_settings()
+configure_logging(_settings)
+record_openai_calls(_settings.database_url)
+defs = build_definitions(_settings)

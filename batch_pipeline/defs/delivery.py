@@ -45,11 +45,21 @@ def deliver_results(
     settings: SettingsParam,
 ) -> dict:
     """Send every due result of the batch; settle the batch outcome when nothing is left open."""
+    if not proceed:
+        with postgres.connect() as conn:
+            store.release_batch(conn, _batch_id(context))
+        return {"batch_id": _batch_id(context), "attempts": 0}
+    return send_due_results(context, postgres, settings)
+
+
+def send_due_results(
+    context: dg.OpExecutionContext, postgres: PostgresParam, settings: SettingsParam
+) -> dict:
+    """The delivery of a batch this run has begun (also the results run's last step): sends, records
+    the ``batch_deliveries`` materialization, and releases the batch for the sensor's next wave."""
     batch_id = _batch_id(context)
     started = time.monotonic()
     try:
-        if not proceed:
-            return {"batch_id": batch_id, "attempts": 0}
         opts = DeliveryOptions.from_settings(settings)
         report = asyncio.run(deliver_batch(postgres.dsn, batch_id, opts))
     finally:

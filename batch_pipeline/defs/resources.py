@@ -9,7 +9,7 @@ snapshot the UI shows.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from typing import Any
 
 import dagster as dg
@@ -18,6 +18,7 @@ import psycopg
 from batch_pipeline import openai_client as oai
 from batch_pipeline.config import ConfigError, Settings, normalize_database_url
 from batch_pipeline.db import connect
+from batch_pipeline.observability import logs
 
 
 class Postgres:
@@ -46,14 +47,27 @@ class OpenAI:
 
     def client(self, **limits: Any):
         """An ``openai.OpenAI``; sensors pass shorter ``timeout`` and fewer ``max_retries``."""
-        import openai  # the SDK import is slow; only runs and the status sensor need it
-
-        return openai.OpenAI(**oai.client_options(self._settings, **limits))
+        return oai.sync_client(self._settings, **limits)  # its calls are counted for /metrics
 
 
 def _fixed(value: Any, description: str) -> dg.ResourceDefinition:
     """``value`` as a resource whose config schema is empty: run config for it is refused."""
-    return dg.ResourceDefinition(resource_fn=lambda _: value, config_schema={}, description=description)
+
+    def resource_fn(context: dg.InitResourceContext) -> Any:
+        # In a run, a generator: set up and torn down around the run. Elsewhere (sensors) the value.
+        return _naming_the_run(value, context.dagster_run) if context.dagster_run else value
+
+    return dg.ResourceDefinition(resource_fn=resource_fn, config_schema={}, description=description)
+
+
+def _naming_the_run(value: Any, run: dg.DagsterRun) -> Iterator[Any]:
+    """While a run holds the resource, our lines name the run and its batch (``run_id``, ``batch_id``)."""
+    token = logs.set_context(run_id=run.run_id, batch_id=run.tags.get("batch_id"))
+    try:
+        yield value
+    finally:
+        with suppress(ValueError):  # torn down in another context than it was set up in
+            logs.reset_context(token)
 
 
 def build_resources(settings: Settings, dsn: str | None = None) -> dict[str, dg.ResourceDefinition]:

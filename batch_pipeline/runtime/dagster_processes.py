@@ -12,6 +12,7 @@ from pathlib import Path
 
 from batch_pipeline.config import Settings
 from batch_pipeline.db import dagster_storage_url
+from batch_pipeline.observability.relay import relayed_argv
 from batch_pipeline.runtime.embedded_postgres import DB_FOR_DAGSTER
 
 # The code location, as workspace.yaml names it; the gRPC code server serves the same one.
@@ -21,6 +22,8 @@ DEFS_ATTRIBUTE = "defs"
 # server keeps it, so sensor and schedule state stored by `batchman up` still applies in containers.
 LOCATION_NAME = f"{DEFS_MODULE}:{DEFS_ATTRIBUTE}"
 CODE_SERVER_PORT = 4266
+# dagster-daemon with a shorter sensor loop; named, not imported (only defs/ imports dagster).
+DAEMON_MODULE = "batch_pipeline.defs.daemon"
 # The API serves the Dagster UI behind its login at this prefix (intake_api/ui/dagster_proxy.py).
 WEBSERVER_PATH_PREFIX = "/dagster"
 
@@ -48,22 +51,32 @@ def dagster_env(settings: Settings, env: dict[str, str], dsn: str, instance_yaml
     )
 
 
-def webserver_argv(host: str, port: int, workspace: Path) -> list[str]:
-    return [
+def _in_format(name: str, argv: list[str], log_format: str) -> list[str]:
+    """LOG_FORMAT=json: Dagster's own JSON lines, and every line of the process tree (its run workers
+    too) turned into ours by the relay (observability/relay.py)."""
+    return relayed_argv(name, [*argv, "--log-format", "json"]) if log_format == "json" else argv
+
+
+def webserver_argv(host: str, port: int, workspace: Path, log_format: str = "text") -> list[str]:
+    argv = [
         dagster_bin("dagster-webserver"),
         *("-h", host, "-p", str(port), "-w", str(workspace)),
         *("--path-prefix", WEBSERVER_PATH_PREFIX),
     ]
+    return _in_format("dagster-webserver", argv, log_format)
 
 
-def daemon_argv(workspace: Path) -> list[str]:
-    return [dagster_bin("dagster-daemon"), "run", "-w", str(workspace)]
+def daemon_argv(workspace: Path, log_format: str = "text") -> list[str]:
+    """``dagster-daemon run`` with a 1 s sensor loop instead of Dagster's 5 s (``defs/daemon.py``)."""
+    argv = [sys.executable, "-m", DAEMON_MODULE, "run", "-w", str(workspace)]
+    return _in_format("dagster-daemon", argv, log_format)
 
 
-def code_server_argv(host: str, port: int) -> list[str]:
+def code_server_argv(host: str, port: int, log_format: str = "text") -> list[str]:
     """The definitions over gRPC, for a webserver and daemon elsewhere (Compose, Kubernetes)."""
-    return [
+    argv = [
         dagster_bin("dagster"),
         *("api", "grpc", "-h", host, "-p", str(port)),
         *("-m", DEFS_MODULE, "-a", DEFS_ATTRIBUTE, "--location-name", LOCATION_NAME),
     ]
+    return _in_format("dagster-code-server", argv, log_format)

@@ -135,6 +135,13 @@ RETURNING b.id, b.delivery_wave
 
 RELEASE_BATCH = "UPDATE batchman.batches SET delivery_requested_at = NULL WHERE id = %s"
 
+# A results run marks the first wave before it stores (the sensor skips a marked batch); only results
+# runs act on a batch in these states, one at a time (the batch_id limit), so no staleness test.
+RESERVE_DELIVERY = """
+UPDATE batchman.batches SET delivery_wave = delivery_wave + 1, delivery_requested_at = now()
+WHERE id = %s AND state IN ('openai_completed', 'downloading') RETURNING delivery_wave
+"""
+
 REDELIVER_REQUESTS = """
 UPDATE batchman.requests
 SET state = 'openai_processed', next_attempt_at = now(), claimed_until = NULL, delivery_retries = 0,
@@ -278,6 +285,13 @@ def due_batches(conn: psycopg.Connection, limit: int, stale_seconds: float) -> l
     ).fetchall()
     conn.commit()
     return sorted((r["id"], r["delivery_wave"]) if isinstance(r, dict) else (r[0], r[1]) for r in rows)
+
+
+def reserve_delivery(conn: psycopg.Connection, batch_id: int) -> bool:
+    """Marks the delivery of a batch whose results are being stored as requested (see RESERVE_DELIVERY)."""
+    row = conn.execute(RESERVE_DELIVERY, (batch_id,)).fetchone()
+    conn.commit()
+    return row is not None
 
 
 def release_batch(conn: psycopg.Connection, batch_id: int) -> None:

@@ -68,6 +68,9 @@ def pipeline_settings(settings_factory, db_url: str, sim: Sim) -> Settings:
         openai_poll_interval_seconds=0,
         sensor_interval_seconds=1,
         openai_max_resubmits=1,
+        # No RabbitMQ whatever the environment says: a result bound for a queue then waits for its
+        # retry (the results run delivers at once), the same on every machine.
+        rabbitmq_url=None,
     )
 
 

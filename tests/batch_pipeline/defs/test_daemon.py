@@ -1,6 +1,7 @@
 """The real thing: a ``dagster-daemon`` on a Postgres-backed instance (the repo's own dagster.yaml and
-workspace.yaml) ticks our sensors, queues and launches the upload and results runs in their own
-processes, and records them in Postgres, while the simulator plays OpenAI."""
+workspace.yaml), started as ``batchman up`` starts it, ticks our sensors (every second, not Dagster's
+5 s loop), queues and launches the upload and results runs in their own processes, and records them
+in Postgres, while the simulator plays OpenAI."""
 
 from __future__ import annotations
 
@@ -8,7 +9,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -18,6 +18,7 @@ import pytest
 
 from batch_pipeline.db import dagster_storage_url
 from batch_pipeline.intake.validation import Limits, validate_request
+from batch_pipeline.runtime.dagster_processes import daemon_argv
 from batch_pipeline.simulator.app import create_app as create_simulator
 from batch_pipeline.simulator.settings import SimulatorSettings
 from batch_pipeline.simulator.testing import ThreadedServer
@@ -63,10 +64,9 @@ def daemon(tmp_path: Path, db_url: str, live_sim: ThreadedServer):
         "OPENAI_POLL_INTERVAL_SECONDS": "1",
         "BATCH_MAX_AGE_SECONDS": "0",
     }
-    daemon_bin = Path(sys.executable).with_name("dagster-daemon")
     log = (tmp_path / "daemon.log").open("w")
     proc = subprocess.Popen(
-        [str(daemon_bin), "run", "-w", str(ROOT / "workspace.yaml")],
+        daemon_argv(ROOT / "workspace.yaml"),
         env=env,
         cwd=tmp_path,
         stdout=log,
@@ -135,3 +135,12 @@ def test_daemon_runs_the_pipeline_on_a_postgres_instance(
         # Each run is one partition of the batches, as the Dagster UI lists them.
         assert by_job["upload_job"].tags["dagster/partition"] == str(row[0])
         assert str(row[0]) in instance.get_dynamic_partitions("batches")
+        # The results run began the batch's delivery itself, without waiting for a delivery run.
+        with psycopg.connect(db_url) as conn:
+            reasons = [r for (r,) in conn.execute(TO_DELIVERING, (row[0],))]
+        assert reasons and reasons[0] == f"results run {by_job['results_job'].run_id}", reasons
+
+
+TO_DELIVERING = """
+SELECT reason FROM batchman.batch_transitions WHERE batch_id = %s AND to_state = 'delivering' ORDER BY id
+"""

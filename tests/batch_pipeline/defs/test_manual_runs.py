@@ -26,7 +26,9 @@ def test_hand_launched_runs_get_the_batch_id_tag(driver, job_name: str) -> None:
     assert job.description and "state" in job.description  # says what it does per state
 
 
-def test_refresh_status_stores_results_of_a_finished_batch_in_one_run(driver, sim, add_requests) -> None:
+def test_refresh_status_stores_and_delivers_results_of_a_finished_batch_in_one_run(
+    driver, sim, add_requests
+) -> None:
     add_requests("/v1/responses", "gpt-4o-mini", 2)
     driver.drive(rounds=1, stages=("batching_sensor",), advance=False)
     job = driver.defs.resolve_job_def("refresh_status_job")
@@ -35,7 +37,10 @@ def test_refresh_status_stores_results_of_a_finished_batch_in_one_run(driver, si
     sim.advance(60)
     done = job.execute_in_process(instance=driver.instance, partition_key="1")
     assert done.output_for_node("check_status_now") == "results"
-    assert state(driver) == "ready_to_deliver"
+    # Stored, and sent in the same run (no RabbitMQ here: each send waits for its retry).
+    assert done.output_for_node("store_results_if_done") is True
+    assert done.output_for_node("deliver_stored_results")["attempts"] == 2
+    assert state(driver) == "delivering"
 
 
 def test_restart_job_requeues_a_failed_batch_and_skips_others(driver, db_url, add_requests) -> None:

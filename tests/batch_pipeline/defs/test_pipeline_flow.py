@@ -8,6 +8,9 @@ import pytest
 from batch_pipeline.intake.endpoints import SUPPORTED_URLS
 
 STAGES = ("batching_sensor", "status_sensor")
+# The results run delivers what it stored; no RabbitMQ here, so each send waits for its retry (the
+# request is back in openai_processed) and the batch stays delivering.
+STORED = "delivering"
 TRANSITIONS_OK = [
     "ready",
     "uploading",
@@ -16,6 +19,7 @@ TRANSITIONS_OK = [
     "openai_completed",
     "downloading",
     "ready_to_deliver",
+    "delivering",
 ]
 
 
@@ -54,7 +58,7 @@ def test_happy_path_every_endpoint(driver, sim, add_requests, url: str) -> None:
     rows = driver.query("SELECT result, error_msg FROM batchman.requests")
     assert all(r["result"]["response"]["status_code"] == 200 and r["error_msg"] is None for r in rows)
     batch = driver.query("SELECT * FROM batchman.batches")[0]
-    assert batch["state"] == "ready_to_deliver" and batch["openai_batch_id"].startswith("batch_")
+    assert batch["state"] == STORED and batch["openai_batch_id"].startswith("batch_")
     assert batch["openai_completed"] == 5 and batch["input_tokens"] is not None
     assert transitions(driver, batch["id"]) == TRANSITIONS_OK
     assert sim.stats()["batches_created"] == 1
@@ -93,7 +97,7 @@ def test_cancel_delivers_partial_results_and_cancellation_errors(driver, sim, ad
     sim.client.batches.cancel(openai_id)
     driver.drive(stages=STAGES)
     batch = driver.query("SELECT * FROM batchman.batches")[0]
-    assert batch["openai_status"] == "cancelled" and batch["state"] == "ready_to_deliver"
+    assert batch["openai_status"] == "cancelled" and batch["state"] == STORED
     rows = driver.query("SELECT result, error_msg FROM batchman.requests ORDER BY id")
     assert len(rows) == 4 and all(r["result"] is not None for r in rows)
     ran = [r for r in rows if r["error_msg"] is None]
@@ -136,7 +140,7 @@ def test_token_limit_exceeded_backs_off_then_succeeds(driver, sim, add_requests)
     driver.query("UPDATE batchman.batches SET next_check_at = now() RETURNING id")  # the wait is over
     driver.drive(stages=STAGES)
     assert states(driver) == {"openai_processed": 3}
-    assert driver.query("SELECT state FROM batchman.batches")[0]["state"] == "ready_to_deliver"
+    assert driver.query("SELECT state FROM batchman.batches")[0]["state"] == STORED
     assert sim.stats()["batches_by_metadata"]["batchman_batch_id"] == {"1": 2}
 
 
