@@ -167,20 +167,23 @@ def _store(
             rows: Iterable = list(_staged_from_failure(conn, batch))
         else:
             rows = _staged_from_files(paths, batch)
-        store.stage(conn, rows)
+        kinds = store.stage(conn, rows)
         if store.dedupe_staged(conn):
             log.warning(
                 "batch %s: OpenAI returned several lines for some requests; one each is kept", batch_id
             )
-        resubmitted, processed = store.apply_staged(conn, batch_id, max_resubmits)
+        resubmitted, processed = store.apply_staged(conn, batch_id, max_resubmits, kinds["retry"] > 0)
         store.usage_from_lines(conn, batch_id)  # only when OpenAI reported no usage for the batch
-        # Requests OpenAI returned no line for: go again unless the batch was cancelled by us.
+        # Requests OpenAI returned no line for: go again unless the batch was cancelled by us. Always
+        # scanned, even when the lines match request_count: a request that joined the batch after its
+        # file was built (which the accounting check reports) must still go again, not wait for ever.
         leftover_kind = "failed" if batch["openai_status"] == "cancelled" and not _expired(batch) else "retry"
         leftovers = _apply_leftovers(conn, batch, leftover_kind, max_resubmits)
         resubmitted += leftovers["resubmitted"]
         processed += leftovers["processed"]
         summary = {"processed": processed, "resubmitted": resubmitted}
-        deliverable = store.count_deliverable(conn, batch_id)
+        # Rows stored above are deliverable (and locked by this transaction): no need to count them.
+        deliverable = processed > 0 or store.count_deliverable(conn, batch_id)
         if deliverable:
             transition(
                 conn,

@@ -42,13 +42,9 @@ DEFAULT_LIMITS = BatchLimits(max_requests=50_000, max_bytes=DEFAULT_BATCH_MAX_BY
 
 
 def _write_jsonl(conn: psycopg.Connection, batch_id: int, path: Path) -> int:
-    count = 0
-    with path.open("w", encoding="utf-8") as out:
-        for line in store.iter_batch_lines(conn, batch_id):
-            out.write(line)
-            out.write("\n")
-            count += 1
-    return count
+    # Straight from COPY into the file: a Python step per row cost about as much as the upload.
+    with path.open("wb") as out:
+        return store.write_batch_lines(conn, batch_id, out)
 
 
 def _upload(connect: Connect, client: openai.OpenAI, batch: dict) -> str:

@@ -5,6 +5,7 @@ All of them run in the caller's transaction, together with the batch's state cha
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterable
 from typing import Any
 
@@ -66,21 +67,27 @@ SELECT count(*) AS n FROM batchman.requests WHERE batch_id = %s AND state = 'ope
 """
 
 
-def stage(conn: psycopg.Connection, lines: Iterable[StagedLine]) -> None:
-    """COPY the lines into this transaction's staging table and analyse it."""
+def stage(conn: psycopg.Connection, lines: Iterable[StagedLine]) -> Counter[str]:
+    """COPY the lines into this transaction's staging table and analyse it; how many of each kind."""
+    kinds: Counter[str] = Counter()
     conn.execute(CREATE_STAGING)
     with conn.cursor().copy(COPY_STAGING) as copy:
         for line in lines:
             copy.write_row(line)
+            kinds[line[2]] += 1
     # Temp tables have no statistics until analysed; without them the planner may pick a nested loop
     # over 50,000 staged lines.
     conn.execute(ANALYZE_STAGING)
+    return kinds
 
 
-def apply_staged(conn: psycopg.Connection, batch_id: int, max_resubmits: int) -> tuple[int, int]:
-    """Requeue the retryable lines (within ``max_resubmits``), store the rest: (resubmitted, stored)."""
+def apply_staged(
+    conn: psycopg.Connection, batch_id: int, max_resubmits: int, any_retries: bool = True
+) -> tuple[int, int]:
+    """Requeue the retryable lines (within ``max_resubmits``), store the rest: (resubmitted, stored).
+    ``any_retries=False`` (no 'retry' line was staged) skips the retry statement's scan of the lines."""
     params = {"batch_id": batch_id, "max_resubmits": max_resubmits}
-    resubmitted = conn.execute(APPLY_RETRIES, params).rowcount
+    resubmitted = conn.execute(APPLY_RETRIES, params).rowcount if any_retries else 0
     return resubmitted, conn.execute(APPLY_RESULTS, params).rowcount
 
 
