@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 
+import psycopg
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
@@ -81,6 +82,16 @@ def install_error_handlers(app: FastAPI) -> None:
         detail = exc.detail if isinstance(exc.detail, str) else title
         return error_response(
             exc.status_code, [envelope_item(code, title, detail)], getattr(exc, "headers", None)
+        )
+
+    @app.exception_handler(psycopg.OperationalError)  # also the pool's PoolTimeout
+    async def _database_unavailable(request: Request, exc: psycopg.OperationalError) -> JSONResponse:
+        # Postgres unreachable (or the pool found no working connection in time): nothing was
+        # acknowledged, and the client should come back, not treat it as a fault of its request.
+        log.warning("database unavailable on %s %s: %s", request.method, request.url.path, exc)
+        detail = "The database is unreachable; nothing was confirmed. Please retry shortly."
+        return error_response(
+            503, [envelope_item("database_unavailable", "Service Unavailable", detail)], {"Retry-After": "5"}
         )
 
     @app.exception_handler(Exception)

@@ -47,9 +47,10 @@ class BatchService:
                 limit = store.faults.token_limits.get(model) if model else None
                 err = token_limit_error(model, limit)
                 raise bad_request(err["message"], code="token_limit_exceeded")
-            errors = input_errors(summary, params.endpoint, params.fault, settings.max_embedding_inputs)
+            fault = params.fault or (BatchFault.EXPIRE if summary.expire_batch else None)
+            errors = input_errors(summary, params.endpoint, fault, settings.max_embedding_inputs)
             if not errors:
-                errors = self._token_limit_errors(model, summary.tokens, params.fault, now)
+                errors = self._token_limit_errors(model, summary.tokens, fault, now)
             batch_id = new_batch_id()
             input_copy = store.batches_dir / f"{batch_id}.input.jsonl"
             if not errors:
@@ -71,7 +72,7 @@ class BatchService:
                 line_server_error_rate=store.faults.line_server_error_rate,
                 line_timeout_rate=store.faults.line_timeout_rate,
             )
-            engine.plan(batch, self._durations(), params.fault, errors or None)
+            engine.plan(batch, self._durations(), fault, errors or None)
             store.batches[batch_id] = batch
             stats = store.stats
             stats.batches_created += 1

@@ -24,6 +24,9 @@ class LineFault(StrEnum):
     CONTEXT_LENGTH_EXCEEDED = "context_length_exceeded"
     RATE_LIMIT = "rate_limit"
     INVALID_LINE = "invalid_line"
+    # The whole batch expires with partial results, as metadata ``sim_fault=expire`` does: for clients
+    # (like a pipeline) that cannot set a batch's metadata. The marked line itself runs as usual.
+    EXPIRE_BATCH = "expire_batch"
 
 
 class BatchFault(StrEnum):

@@ -4,8 +4,8 @@ connections dropped before the route runs (``drop``: nothing happened) and answe
 is never touched.
 
 Faults come from the ``SIMULATOR_*_RATE`` knobs (one seeded draw per request, so a given request sequence
-always meets the same faults), from the ``drop_response_next`` countdown per operation (set at runtime with
-``PUT /_sim/faults``), or are forced per request with the ``x-sim-http-fault`` header.
+always meets the same faults), from the ``drop_response_next`` and ``fail_next`` countdowns per operation
+(set at runtime with ``PUT /_sim/faults``), or are forced per request with the ``x-sim-http-fault`` header.
 """
 
 from __future__ import annotations
@@ -55,27 +55,33 @@ class FaultDice:
         with self._lock:
             self._rng = random.Random(f"{self.store.settings.seed}:http")
 
-    def roll(self, forced: str | None, operation: str | None = None) -> tuple[HttpFault | None, bool]:
-        """(error-or-drop fault, slow?) for one request.
+    def roll(self, forced: str | None, operation: str | None = None) -> tuple[HttpFault | None, float]:
+        """(error-or-drop fault, seconds the answer is held back) for one request.
 
         A forced header value overrides everything; else a pending ``drop_response_next`` count for the
-        request's operation is used up; else the dice decide. The dice are drawn every time, so the
-        faults later requests meet do not depend on which of these applied.
+        request's operation is used up, else a pending ``fail_next`` one; else the dice decide. The dice
+        are drawn every time, so the faults later requests meet do not depend on which of these applied.
         """
         with self._lock:
             draw, slow_draw = self._rng.random(), self._rng.random()
+        store = self.store
         if forced is not None:
             kinds = {part.strip() for part in forced.split(",")}
-            slow = HttpFault.SLOW in kinds
+            delay = store.faults.slow_seconds if HttpFault.SLOW in kinds else 0.0
             chosen = next((HttpFault(k) for k in kinds if k in set(HttpFault) and k != HttpFault.SLOW), None)
-            return chosen, slow
-        store = self.store
+            return chosen, delay
         with store.lock:
             f = store.faults
-            slow = slow_draw < f.slow_rate
+            delay = f.slow_seconds if slow_draw < f.slow_rate else 0.0
             if operation is not None and f.drop_response_next.get(operation, 0) > 0:
                 f.drop_response_next[operation] -= 1
-                return HttpFault.DROP_AFTER, slow
+                return HttpFault.DROP_AFTER, delay
+            pending = f.fail_next.get(operation) if operation is not None else None
+            if pending is not None and pending.count > 0:
+                pending.count -= 1
+                if pending.fault == HttpFault.SLOW:
+                    return None, f.slow_seconds if pending.seconds is None else pending.seconds
+                return HttpFault(pending.fault), delay
         chosen = None
         for kind, rate in (
             (HttpFault.DROP, f.drop_rate),
@@ -87,7 +93,7 @@ class FaultDice:
                 chosen = kind
                 break
             draw -= rate
-        return chosen, slow
+        return chosen, delay
 
 
 class FaultMiddleware:
@@ -100,11 +106,11 @@ class FaultMiddleware:
             await self.app(scope, receive, send)
             return
         forced = _header(scope, HTTP_FAULT_HEADER)
-        fault, slow = self.dice.roll(forced, operation(scope["method"], scope["path"]))
+        fault, delay = self.dice.roll(forced, operation(scope["method"], scope["path"]))
         store = self.dice.store
         with store.lock:
             store.stats.http_requests += 1
-            for kind in (fault, HttpFault.SLOW if slow else None):
+            for kind in (fault, HttpFault.SLOW if delay > 0 else None):
                 if kind is not None:
                     store.stats.http_faults[kind.value] += 1
         request_id = new_request_id().encode()
@@ -114,7 +120,6 @@ class FaultMiddleware:
                 message["headers"] = [*message.get("headers", []), (b"x-request-id", request_id)]
             await send(message)
 
-        delay = store.faults.slow_seconds if slow else 0.0
         if fault == HttpFault.DROP_AFTER:
             await _run_unheard(self.app, scope, receive)
             await _pause(receive, delay)
@@ -138,16 +143,23 @@ class FaultMiddleware:
             await _json(send_with_request_id, status, body, headers)
 
 
-# (method, path pattern) of the calls ``drop_response_next`` counts, by the SDK's name for them.
+# (method, path pattern) of the calls ``drop_response_next`` and ``fail_next`` count, by the SDK's name
+# for them.
 _OPERATIONS = (
     ("POST", re.compile(r"/v1/files/?"), "files.create"),
+    ("GET", re.compile(r"/v1/files/?"), "files.list"),
+    ("GET", re.compile(r"/v1/files/[^/]+/content/?"), "files.content"),
+    ("GET", re.compile(r"/v1/files/[^/]+/?"), "files.retrieve"),
+    ("DELETE", re.compile(r"/v1/files/[^/]+/?"), "files.delete"),
     ("POST", re.compile(r"/v1/batches/?"), "batches.create"),
+    ("GET", re.compile(r"/v1/batches/?"), "batches.list"),
     ("POST", re.compile(r"/v1/batches/[^/]+/cancel/?"), "batches.cancel"),
+    ("GET", re.compile(r"/v1/batches/[^/]+/?"), "batches.retrieve"),
 )
 
 
 def operation(method: str, path: str) -> str | None:
-    """The operation name of a request (``files.create``, ``batches.create``, ``batches.cancel``)."""
+    """The operation name of a request (``files.create``, ``batches.retrieve``, ...; see _OPERATIONS)."""
     for wanted, pattern, name in _OPERATIONS:
         if method == wanted and pattern.fullmatch(path):
             return name

@@ -38,6 +38,7 @@ class FileSummary:
     stream_lines: list[int] = field(default_factory=list)
     invalid_lines: list[int] = field(default_factory=list)
     markers: dict[int, str] = field(default_factory=dict)  # request index -> x_sim_fault value
+    expire_batch: bool = False  # a line carries x_sim_fault=expire_batch
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -158,6 +159,8 @@ class JsonlValidator:
         if marker == LineFault.INVALID_LINE:
             if len(summary.invalid_lines) < _KEEP_LINES:
                 summary.invalid_lines.append(line)
+        elif marker == LineFault.EXPIRE_BATCH:
+            summary.expire_batch = True
         elif marker is not None:
             summary.markers[index] = marker
         if obj["url"] in CHECKS and refusal(obj["url"], body) is not None:

@@ -77,6 +77,46 @@ def parse_drop_response_next(value: Any) -> dict[str, int]:
     return counts
 
 
+# The calls ``fail_next`` can fault, by the SDK's name for them (``http_faults.operation``).
+OPERATIONS = (
+    "files.create",
+    "files.list",
+    "files.retrieve",
+    "files.content",
+    "files.delete",
+    "batches.create",
+    "batches.list",
+    "batches.retrieve",
+    "batches.cancel",
+)
+
+
+class FailNext(BaseModel):
+    """The next ``count`` calls of one operation meet ``fault`` (an ``x-sim-http-fault`` value):
+    ``429``/``500``/``503`` answer that error, ``drop`` hangs up before the route runs, ``drop_after``
+    runs it and hangs up, ``slow`` runs it and holds the answer back ``seconds`` (default
+    ``slow_seconds``), so a client with a shorter timeout times out, or a killed one never hears."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    fault: Literal["429", "500", "503", "drop", "drop_after", "slow"]
+    count: int = Field(1, ge=0)
+    seconds: float | None = Field(None, ge=0.0, le=3600.0)
+
+    @field_validator("fault", mode="before")
+    @classmethod
+    def _status_as_text(cls, value: Any) -> Any:
+        # {"fault": 500} reads as naturally as {"fault": "500"}.
+        return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
+
+
+def _known_operations(value: dict[str, FailNext]) -> dict[str, FailNext]:
+    for key in value:
+        if key not in OPERATIONS:
+            raise ValueError(f"unknown operation {key!r}; known: {', '.join(OPERATIONS)}")
+    return value
+
+
 class FaultConfig(BaseModel):
     """Fault rates and limits that may change while the simulator runs (see ``PUT /_sim/faults``)."""
 
@@ -142,10 +182,22 @@ class RuntimeFaults(FaultConfig):
         "run, then their answer is lost (the connection is closed). Counts down as used.",
     )
 
+    fail_next: dict[str, FailNext] = Field(
+        default_factory=dict,
+        description="Per operation (files.create, files.list, files.retrieve, files.content, files.delete, "
+        'batches.create, batches.list, batches.retrieve, batches.cancel): {"fault", "count", "seconds"}, '
+        "the next `count` such calls meet that fault. Counts down as used.",
+    )
+
     @field_validator("drop_response_next", mode="before")
     @classmethod
     def _drop_response_next(cls, value: Any) -> dict[str, int]:
         return parse_drop_response_next(value)
+
+    @field_validator("fail_next")
+    @classmethod
+    def _fail_next(cls, value: dict[str, FailNext]) -> dict[str, FailNext]:
+        return _known_operations(value)
 
 
 class SimulatorSettings(BaseSettings, FaultConfig):

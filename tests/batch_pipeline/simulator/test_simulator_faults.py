@@ -177,6 +177,22 @@ def test_expire_fault_keeps_the_first_half(sim: Any) -> None:
     assert all(x["response"] is None and x["error"]["code"] == "batch_expired" for x in errors)
 
 
+def test_expire_batch_line_marker_expires_the_batch_like_the_metadata_fault(sim: Any) -> None:
+    # For a client that cannot set metadata (our pipeline): one marked line expires its whole batch.
+    lines = sim.chat_lines(6)
+    lines[0]["body"]["x_sim_fault"] = "expire_batch"
+    batch = sim.submit(lines)
+    sim.advance(50)
+    expired = sim.client().batches.retrieve(batch.id)
+
+    assert expired.status == "expired"
+    assert expired.request_counts.model_dump() == {"total": 6, "completed": 3, "failed": 3}
+    assert [x["custom_id"] for x in sim.read_lines(expired.output_file_id)] == ["req-0", "req-1", "req-2"]
+    unmarked = sim.submit(sim.chat_lines(6))
+    sim.advance(60)
+    assert sim.client().batches.retrieve(unmarked.id).status == "completed"
+
+
 def test_cancel_midway_fault_cancels_itself(sim: Any) -> None:
     batch = sim.submit(sim.chat_lines(8), metadata={"sim_fault": "cancel_midway"})
 
