@@ -1,11 +1,15 @@
-"""``python -m bench [name ...]``: run the named benchmarks (default: all that exist)."""
+"""``python -m bench [name ...]``: run the named benchmarks (default: all in BENCHES that exist).
+
+``soak`` and ``soak_e2e`` (``make soak``, ``make bench-e2e``) run the whole stack for minutes each, so
+they run only when named."""
 
 from __future__ import annotations
 
 import importlib
 import sys
 
-BENCHES = ("intake", "hostile", "pipeline", "delivery", "ui")
+BENCHES = ("intake", "hostile", "pipeline", "delivery", "ui", "linear")
+ON_REQUEST = ("soak", "soak_e2e", "orchestration", "sensors")
 
 
 def main(argv: list[str]) -> int:
