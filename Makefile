@@ -15,7 +15,7 @@ LOCK_FLAGS ?=
 UV_COMPILE = $(BIN)/uv pip compile pyproject.toml --universal --python-version 3.11 --generate-hashes \
 	--quiet $(LOCK_FLAGS)
 
-.PHONY: up test test-fast install lint format bench clean lock
+.PHONY: up test test-fast install lint format bench soak bench-e2e clean lock
 
 # The locked dependencies, then the project itself without resolving anything again.
 $(STAMP): pyproject.toml $(DEV_LOCK)
@@ -41,12 +41,16 @@ install: $(STAMP)
 up: $(STAMP)
 	$(BIN)/batchman up
 
+# Two workers (pytest-xdist), one per core; a file's tests stay on one worker, so its module fixtures
+# start once. Every test has its own database, queues and ports (tests/conftest.py's free_port gives
+# each worker its own port range).
+TEST_WORKERS ?= 2
 test: $(STAMP)
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile
 
 # The inner loop: everything but the tests that start real service processes.
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -m "not process"
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile -m "not process and not soak"
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
@@ -60,6 +64,16 @@ format: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m bench
+
+# The whole stack as `make up` starts it, 200,000 requests with the simulator's faults on (minutes;
+# not in `make test`). Needs RabbitMQ (RABBITMQ_URL) and uses TEST_DATABASE_URL's Postgres if set.
+soak: $(STAMP)
+	$(BIN)/python -m bench soak
+	$(BIN)/python -m pytest -m soak
+
+# The same harness without faults: four bulk calls, where the time goes, exactly once.
+bench-e2e: $(STAMP)
+	$(BIN)/python -m bench soak_e2e
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -89,7 +89,16 @@ def _ephemeral_low() -> int:
 # kernel's ephemeral range: the kernel never hands those to another socket meanwhile, so the port is
 # still free when the child binds it. Each is handed out once per session. (Servers in this process
 # bind first and publish the port after: ``ServerThread``.)
-_PORT_RANGE = (20000, min(32000, _ephemeral_low()))
+def _worker_port_range(low: int, high: int) -> tuple[int, int]:
+    """This pytest-xdist worker's own slice of [low, high): two workers never hand out the same port."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw")
+    count = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    width = (high - low) // max(count, 1)
+    start = low + int(worker or 0) * width
+    return start, start + width
+
+
+_PORT_RANGE = _worker_port_range(20000, min(32000, _ephemeral_low()))
 _handed_out: set[int] = set()
 _ports = random.Random(os.getpid())
 
