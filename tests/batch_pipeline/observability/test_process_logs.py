@@ -127,7 +127,10 @@ def test_the_daemon_its_code_server_and_its_run_workers_write_json(
         with psycopg.connect(db_url) as conn:
             sql = "SELECT count(*) FROM batchman.openai_calls WHERE operation = 'batches.create'"
             created = conn.execute(sql).fetchone()[0]
-        return created > 0 and "- RUN_SUCCESS - Finished execution of run" in log.read_text()
+        text = log.read_text()
+        # The run's step lines and its end come through different relays (the code server's run
+        # worker, the daemon), so one may reach the file after the other: wait for both.
+        return created > 0 and "- RUN_SUCCESS - Finished execution of run" in text and "STEP_SUCCESS" in text
 
     with role(tmp_path, env, "dagster-daemon") as (proc, log):
         wait_for(upload_run_done, proc, log, seconds=400)  # daemon, code server, a run: slow on 2 cores
