@@ -30,8 +30,8 @@ def test_start_up_objects_are_frozen_once_per_process(db_url: str) -> None:
     before, (first_frozen, first_tracked), (second_frozen, second_tracked) = (
         [int(n) for n in line.split()] for line in out.stdout.splitlines()
     )
-    assert before == [0]
-    assert first_frozen > 10_000  # modules, routes and schemas, out of the collector's sight
+    # Python 3.12 starts with some objects frozen of its own; 3.11 with none.
+    assert first_frozen > before[0] + 10_000  # modules, routes and schemas, out of the collector's sight
     assert first_tracked < 200  # next to almost nothing left to walk
     # A second app in the same process freezes nothing more: its own objects stay collectable.
     assert abs(second_frozen - first_frozen) < 1_000
