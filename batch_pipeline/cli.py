@@ -10,15 +10,11 @@ import signal
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from batch_pipeline.config import ConfigError, Settings, exposure_error, get_settings, is_loopback
 from batch_pipeline.observability.logs import configure_logging
 from batch_pipeline.observability.metrics import start_multiprocess_dir
 from batch_pipeline.runtime.supervisor import STOP_SIGNALS, StopRequested, raise_on_stop_signals
-
-if TYPE_CHECKING:
-    from batch_pipeline.runtime.supervisor import Supervisor
 
 log = logging.getLogger("batchman")
 
@@ -141,6 +137,7 @@ def _embedded_dagster_url(dsn: str) -> str:
 
 def _supervise(settings: Settings, args: argparse.Namespace, env: dict[str, str], dsn: str) -> int:
     """Start every process of the service and wait for them; the exit code of ``up``."""
+    from batch_pipeline.runtime.dagster_processes import start_dagster
     from batch_pipeline.runtime.supervisor import Supervisor, batchman_argv
 
     # In a `with`, so children started before a stop signal (or a failed start) are stopped too.
@@ -153,27 +150,13 @@ def _supervise(settings: Settings, args: argparse.Namespace, env: dict[str, str]
                 env["SIMULATOR_DATA_DIR"] = str(settings.data_dir.resolve() / "simulator")
             sup.start("simulator", batchman_argv("simulator", "--host", "127.0.0.1"))
         sup.start("api", batchman_argv("api", "--host", args.host))
-        _start_dagster(sup, settings, env, dsn)
+        env.pop("DAGSTER_HOME", None)  # `up` always uses its own, under DATA_DIR
+        start_dagster(sup, settings, env, dsn, project_root() / "dagster.yaml")
         if settings.rabbitmq_url and settings.rabbitmq_input_queue:
             sup.start("rabbitmq-consumer", batchman_argv("consumer"))
         log.info("intake API and UI on http://localhost:%s", settings.port)
         log.info("Dagster UI on http://localhost:%s/dagster (behind the UI's login)", settings.port)
         return sup.wait()
-
-
-def _start_dagster(sup: Supervisor, settings: Settings, env: dict[str, str], dsn: str) -> None:
-    """Dagster webserver and daemon, sharing one instance (DAGSTER_HOME) stored in Postgres."""
-    from batch_pipeline.runtime import dagster_processes as dp
-
-    root = project_root()
-    env.pop("DAGSTER_HOME", None)  # `up` always uses its own, under DATA_DIR
-    dp.dagster_env(settings, env, dsn, root / "dagster.yaml")
-    workspace = root / "workspace.yaml"
-    fmt = settings.log_format
-    sup.start(
-        "dagster-webserver", dp.webserver_argv(settings.dagster_host, settings.dagster_port, workspace, fmt)
-    )
-    sup.start("dagster-daemon", dp.daemon_argv(workspace, fmt))
 
 
 def project_root() -> Path:

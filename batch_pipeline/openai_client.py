@@ -22,6 +22,8 @@ from __future__ import annotations
 import atexit
 import contextlib
 import logging
+import multiprocessing.util
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -126,12 +128,22 @@ class CallRecorder:
         self._lock = threading.Lock()
         self._pending: dict[tuple[str, str], CallTotals] = {}
         self._sink: Callable[[list[CallTotals]], None] | None = None
+        self._interval = CALL_FLUSH_SECONDS
         self._thread: threading.Thread | None = None
+        # A forked child (the code server's run workers, defs/code_server.py) has none of its parent's
+        # threads, and a lock the flusher held at the fork would stay held: start afresh there.
+        os.register_at_fork(after_in_child=self._after_fork)
+
+    def _after_fork(self) -> None:
+        self._lock = threading.Lock()
+        self._pending, self._thread = {}, None
 
     def record(self, operation: str, outcome: str, seconds: float) -> None:
         buckets = [0] * (len(CALL_BUCKETS_SECONDS) + 1)
         buckets[next((i for i, b in enumerate(CALL_BUCKETS_SECONDS) if seconds <= b), -1)] = 1
         self._merge([CallTotals(operation, outcome, 1, seconds, buckets)])
+        if self._thread is None and self._sink is not None:
+            self._start_flushing()
 
     def _merge(self, rows: list[CallTotals]) -> None:
         with self._lock:
@@ -162,16 +174,27 @@ class CallRecorder:
     def flush_to(
         self, sink: Callable[[list[CallTotals]], None], interval: float = CALL_FLUSH_SECONDS
     ) -> None:
-        """From now on flush every ``interval`` seconds (a daemon thread) and at exit; the last sink
-        given is used."""
+        """From the first call on, flush every ``interval`` seconds (a daemon thread) and at exit; the
+        last sink given is used. Nothing starts before a call: a process that imports the definitions
+        and forks run workers (the code server's forkserver) must have no thread of its own."""
         with self._lock:
-            self._sink = sink
+            self._sink, self._interval = sink, interval
+            pending = bool(self._pending)
+        if pending:
+            self._start_flushing()
+
+    def _start_flushing(self) -> None:
+        with self._lock:
             if self._thread is not None:
                 return
             self._thread = threading.Thread(
-                target=self._flush_every, args=(interval,), name="openai-call-figures", daemon=True
+                target=self._flush_every, args=(self._interval,), name="openai-call-figures", daemon=True
             )
         atexit.register(self.flush)
+        # A run worker forked by the code server leaves by os._exit once multiprocessing's exit
+        # handlers have run, never Python's atexit: flush there too (the second flush of a process
+        # that has both finds nothing left).
+        multiprocessing.util.Finalize(None, self.flush, exitpriority=10)
         self._thread.start()
 
     def _flush_every(self, interval: float) -> None:

@@ -6,7 +6,8 @@ webhook is a local receiver, and prints, relative to the POST, when its batch en
 from the Dagster instance, when each of its runs was requested by a sensor, left the queue, had its
 process up (code location imported) and started its op, and when the webhook arrived. Then the
 median of each hop over ``ROUNDS`` requests (default 1), and the import time of the code location in
-a fresh process (what every run process pays before its op starts).
+a fresh process (what every run process paid before its op started while the code server spawned
+them; it forks them from a process that has the code imported now, ``defs/code_server.py``).
 ``python -m bench orchestration``.
 """
 

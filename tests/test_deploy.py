@@ -193,7 +193,8 @@ def test_a_dagster_role_runs_its_executable_on_the_settings_database(
     assert env["DAGSTER_PG_URL"] == "postgresql+psycopg2://u@db.example:5432/app"
     assert env["DAGSTER_HOME"] == str(in_empty_dir / "home")
     if role == "dagster-code-server":
-        assert argv[argv.index("-m") + 1] == dp.DEFS_MODULE
+        assert argv[argv.index("-m") + 1] == dp.CODE_SERVER_MODULE
+        assert argv[argv.index("-a") - 1] == dp.DEFS_MODULE
     else:
         assert argv[argv.index("-w") + 1] == str(cli.project_root() / "workspace.yaml")
     # The command line Dagster's own CLI accepts: --help after it parses the options before it.
@@ -311,9 +312,8 @@ def test_the_helm_values_run_our_code_location_with_k8s_run_launcher_and_externa
     grpc = deployment["dagsterApiGrpcArgs"]
     # The same code location as `batchman dagster-code-server`.
     code_server = dp.code_server_argv("0.0.0.0", deployment["port"])
-    assert grpc == [
-        {"-m": "--module-name", "-a": "--attribute"}.get(a, a) for a in code_server[code_server.index("-m") :]
-    ]
+    location = code_server[code_server.index(dp.DEFS_MODULE) - 1 :]
+    assert grpc == [{"-m": "--module-name", "-a": "--attribute"}.get(a, a) for a in location]
     assert values["runLauncher"]["type"] == "K8sRunLauncher"
     assert values["postgresql"]["enabled"] is False
     assert values["dagsterWebserver"]["pathPrefix"] == dp.WEBSERVER_PATH_PREFIX

@@ -12,13 +12,17 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import shutil
 import signal
+import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from types import FrameType
 
 log = logging.getLogger(__name__)
@@ -91,12 +95,25 @@ class Supervisor:
         self.env = env
         self.children: list[Child] = []
         self._stopping = False
+        self._temp_dirs: list[str] = []
 
     def __enter__(self) -> Supervisor:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.stop_all()
+        for path in self._temp_dirs:
+            shutil.rmtree(path, ignore_errors=True)
+
+    def temp_dir(self, prefix: str) -> str:
+        """A private directory under the system's temp dir, removed once every child has stopped."""
+        path = tempfile.mkdtemp(prefix=prefix)
+        self._temp_dirs.append(path)
+        return path
+
+    def wait_for_socket(self, name: str, path: Path, timeout: float) -> None:
+        """Block until the child ``name`` accepts connections on the Unix socket ``path``."""
+        wait_for_socket(next(c.process for c in self.children if c.name == name), path, timeout)
 
     def start(self, name: str, argv: list[str]) -> None:
         child = Child(name, argv)
@@ -150,6 +167,21 @@ class Supervisor:
                 log.warning("%s did not stop in time; killing it", child.name)
                 os.killpg(child.process.pid, signal.SIGKILL)
                 child.process.wait()
+
+
+def wait_for_socket(process: subprocess.Popen, path: Path, timeout: float) -> None:
+    """Block until ``process`` accepts connections on the Unix socket ``path``; raise if it exits
+    first or takes longer than ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        with contextlib.suppress(OSError), socket.socket(socket.AF_UNIX) as sock:
+            sock.connect(str(path))
+            return
+        if process.poll() is not None:
+            raise RuntimeError(f"{process.args[:3]} exited with code {process.returncode} before it answered")
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{process.args[:3]} did not answer on {path} within {timeout:.0f} s")
+        time.sleep(0.1)
 
 
 def batchman_argv(*args: str) -> list[str]:

@@ -1,7 +1,7 @@
-"""The real thing: a ``dagster-daemon`` on a Postgres-backed instance (the repo's own dagster.yaml and
-workspace.yaml), started as ``batchman up`` starts it, ticks our sensors (every second, not Dagster's
-5 s loop), queues and launches the upload and results runs in their own processes, and records them
-in Postgres, while the simulator plays OpenAI."""
+"""The real thing: a ``dagster-daemon`` on a Postgres-backed instance (the repo's own dagster.yaml),
+loading the definitions from our code server as ``batchman up`` starts them, ticks our sensors (every
+second, not Dagster's 5 s loop), queues and launches the upload and results runs in processes forked
+by the code server, and records them in Postgres, while the simulator plays OpenAI."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import os
 import shutil
 import signal
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
@@ -18,7 +19,8 @@ import pytest
 
 from batch_pipeline.db import dagster_storage_url
 from batch_pipeline.intake.validation import Limits, validate_request
-from batch_pipeline.runtime.dagster_processes import daemon_argv
+from batch_pipeline.runtime.dagster_processes import code_server_argv, daemon_argv, socket_workspace
+from batch_pipeline.runtime.supervisor import wait_for_socket
 from batch_pipeline.simulator.app import create_app as create_simulator
 from batch_pipeline.simulator.settings import SimulatorSettings
 from batch_pipeline.simulator.testing import ThreadedServer
@@ -64,22 +66,34 @@ def daemon(tmp_path: Path, db_url: str, live_sim: ThreadedServer):
         "OPENAI_POLL_INTERVAL_SECONDS": "1",
         "BATCH_MAX_AGE_SECONDS": "0",
     }
+    # As `batchman up` runs them: our code server on a socket, and the daemon loading it from there.
+    socket = Path(tempfile.mkdtemp(prefix="batchman-test-")) / "code.sock"
+    workspace = home / "workspace.yaml"
+    workspace.write_text(socket_workspace(socket))
     log = (tmp_path / "daemon.log").open("w")
-    proc = subprocess.Popen(
-        daemon_argv(ROOT / "workspace.yaml"),
-        env=env,
-        cwd=tmp_path,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,  # its code server and run workers go down with it
-    )
+    procs = []
+    for argv in (code_server_argv(socket=socket), daemon_argv(workspace)):
+        procs.append(
+            subprocess.Popen(
+                argv,
+                env=env,
+                cwd=tmp_path,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # its run workers go down with it
+            )
+        )
+        if len(procs) == 1:
+            wait_for_socket(procs[0], socket, 120)
     yield home, env
-    os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
+    for proc in reversed(procs):
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
     log.close()
+    shutil.rmtree(socket.parent, ignore_errors=True)
 
 
 def _queue_request(db_url: str) -> None:
