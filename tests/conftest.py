@@ -21,6 +21,7 @@ import uvicorn
 
 from batch_pipeline.config import Settings, load_settings
 from batch_pipeline.store.migrate import migrate
+from tests.databases import DatabasePool
 
 IN_CI = os.environ.get("CI", "").lower() == "true"
 
@@ -56,15 +57,28 @@ def template_db(pg_server_url: str) -> Iterator[str]:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
+@pytest.fixture(scope="session")
+def database_pool(pg_server_url: str, template_db: str) -> Iterator[DatabasePool]:
+    pool = DatabasePool(pg_server_url, template_db)
+    yield pool
+    pool.close()
+
+
 @pytest.fixture
-def db_url(pg_server_url: str, template_db: str) -> Iterator[str]:
-    """A freshly migrated database of its own for one test."""
-    name = f"batchman_t_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(pg_server_url, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template_db}"')
-    yield _with_database(pg_server_url, name)
-    with psycopg.connect(pg_server_url, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+def db_url(database_pool: DatabasePool) -> Iterator[str]:
+    """A migrated database of its own for one test: used before, emptied since (tests/databases.py)."""
+    url = database_pool.take()
+    yield url
+    database_pool.give_back(url)
+
+
+@pytest.fixture
+def fresh_db_url(database_pool: DatabasePool) -> Iterator[str]:
+    """A migrated database never used before, for a test that reads query plans (the planner's
+    statistics of earlier rows outlive a TRUNCATE)."""
+    name = database_pool.create()
+    yield _with_database(database_pool.admin_url, name)
+    database_pool.drop(name)
 
 
 @pytest.fixture

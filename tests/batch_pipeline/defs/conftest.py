@@ -20,6 +20,7 @@ from batch_pipeline.defs.definitions import build_definitions
 from batch_pipeline.simulator.app import create_app as create_simulator
 from batch_pipeline.simulator.settings import SimulatorSettings
 from batch_pipeline.simulator.testing import ThreadedServer
+from tests.dagster_instance import dagster_test_instance
 
 
 class Sim:
@@ -162,7 +163,7 @@ class Driver:
 @pytest.fixture
 def driver(pipeline_settings: Settings, db_url: str, sim: Sim) -> Iterator[Driver]:
     defs = build_definitions(pipeline_settings, dsn=db_url)
-    with dg.instance_for_test() as instance:
+    with dagster_test_instance() as instance:
         yield Driver(defs, instance, db_url, sim)
 
 

@@ -25,6 +25,7 @@ from batch_pipeline.defs.cleanup import delete_old_runs, remove_orphan_partition
 from batch_pipeline.defs.definitions import build_definitions
 from batch_pipeline.stages.cleanup import delete_expired
 from batch_pipeline.states import FILES_NOT_NEEDED, FINISHED
+from tests.dagster_instance import dagster_test_instance
 
 # Never deleted, whatever their age: OpenAI or the deliverer may still act on them.
 IN_FLIGHT = (
@@ -369,7 +370,7 @@ def compute_log_keys(instance: dg.DagsterInstance, run_id: str) -> list[Sequence
 
 
 def test_dagster_runs_finished_past_retention_go_with_their_logs_and_others_stay() -> None:
-    with dg.instance_for_test() as instance:
+    with dagster_test_instance() as instance:
         # Oldest of all, yet never deleted: queued, starting or in progress.
         busy = [run_in_progress(instance, status) for status in IN_PROGRESS_EVENTS]
         old = finished_runs(instance)
@@ -401,7 +402,7 @@ def test_dagster_runs_finished_past_retention_go_with_their_logs_and_others_stay
 
 
 def test_dagster_run_deletion_is_bounded_per_run_and_spares_the_given_run() -> None:
-    with dg.instance_for_test() as instance:
+    with dagster_test_instance() as instance:
         runs = [hello_job.execute_in_process(instance=instance).run_id for _ in range(7)]
         now = max(last_update(instance, runs)) + timedelta(days=30, seconds=1)
 

@@ -13,6 +13,7 @@ from batch_pipeline.defs.delivery import REDELIVER_ONLY_TAG, deliver_job, make_d
 from batch_pipeline.defs.partitions import batch_partitions
 from batch_pipeline.defs.resources import build_resources
 from tests.batch_pipeline.delivery.conftest import batch_state, requests_of, rows, seed_batch, webhook
+from tests.dagster_instance import dagster_test_instance
 
 
 def resources(db_url: str) -> dict:
@@ -31,7 +32,7 @@ delivery_sensor = make_delivery_sensor(deliver_job, interval_seconds=30)
 
 @pytest.fixture
 def instance() -> Iterator[dg.DagsterInstance]:
-    with dg.instance_for_test() as inst:
+    with dagster_test_instance() as inst:
         yield inst
 
 

@@ -247,7 +247,8 @@ def test_the_store_sums_as_many_buckets_as_the_recorder_fills() -> None:
     )
 
 
-def test_a_scrape_reads_the_new_call_figures_by_primary_key(db_url: str) -> None:
+def test_a_scrape_reads_the_new_call_figures_by_primary_key(fresh_db_url: str) -> None:
+    db_url = fresh_db_url  # a plan: no earlier test's statistics
     text = plan(db_url, openai_calls.CALLS_BETWEEN, {"after": 10, "upto": 20})
     assert "Index Scan using openai_calls_pkey" in text, text
     assert "Index Only Scan Backward using openai_calls_pkey" in plan(db_url, store_metrics.MAX_IDS, {})

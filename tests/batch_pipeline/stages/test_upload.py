@@ -20,6 +20,7 @@ from batch_pipeline.stages import upload
 from batch_pipeline.stages.results import ingest_results
 from batch_pipeline.stages.status import PollSettings, poll_due
 from batch_pipeline.stages.upload import SubmitResult, submit_batch
+from tests.dagster_instance import dagster_test_instance
 
 
 def submit(connector: Callable[[], Any], client: openai.OpenAI, batch_id: int) -> SubmitResult:
@@ -163,7 +164,7 @@ def run_upload_op(stage_settings: Settings, db_url: str, batch_id: int) -> dg.Ex
     from batch_pipeline.defs.definitions import build_definitions
 
     defs = build_definitions(stage_settings, dsn=db_url)
-    with dg.instance_for_test() as instance:
+    with dagster_test_instance() as instance:
         instance.add_dynamic_partitions("batches", [str(batch_id)])
         return defs.resolve_job_def("upload_job").execute_in_process(
             instance=instance, partition_key=str(batch_id), raise_on_error=False
