@@ -16,6 +16,7 @@ from pathlib import Path
 
 import httpx
 
+from bench.report_file import note
 from bench.support import fresh_database, postgres_server, report, uvicorn_process
 
 MIB = 1024 * 1024
@@ -84,12 +85,13 @@ def main() -> None:
         for name, body, content_type in _bodies():
             grown, worst, status = _one(server_url, body, content_type)
             print(f"  {name}: answered {status}")
-            report("  peak RSS growth / body size", grown / len(body), "x", "(target <= 2)")
+            note(f"{name}: answered {status}.")
+            report(f"{name}: peak RSS growth / body size", grown / len(body), "x", goal=("<=", 2))
             report(
-                "  worst /health answer during the call",
+                f"{name}: worst /health answer during the call",
                 worst * 1000 / (len(body) / MIB),
                 "ms/MiB",
-                "(<= 100)",
+                goal=("<=", 100),
             )
             del body
 

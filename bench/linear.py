@@ -40,7 +40,8 @@ from bench.pipeline import (
     sdk,
     simulator,
 )
-from bench.support import free_port, fresh_database, postgres_server
+from bench.report_file import note
+from bench.support import free_port, fresh_database, postgres_server, report
 
 _SIZES = tuple(int(s) for s in os.environ.get("BENCH_LINEAR_SIZES", "10000,50000,200000").split(","))
 _PER_CALL = 50_000  # BULK_MAX_ITEMS, and OpenAI's requests per batch
@@ -248,6 +249,27 @@ def main() -> None:
         "\n  CPU: the stage's own process (the API's for intake), not Postgres's: a check on wall times"
         " measured while other work shares the machine."
     )
+    _report(results)
+
+
+def _report(results: dict[int, dict[str, dict]]) -> None:
+    """The targets as figures: each stage's cost per request at the largest size against the smallest
+    (ratio largest / smallest, so the target reads "within 1.3x"), and its peak RSS over every size."""
+    first, last = _SIZES[0], _SIZES[-1]
+    note(f"Sizes {', '.join(f'{n:,}' for n in _SIZES)} (BENCH_LINEAR_SIZES); CPU is the stage's own process.")
+    for stage in _STAGES:
+        small, large = results[first][stage], results[last][stage]
+        for what, key in (("wall", "seconds"), ("CPU", "cpu")):
+            report(
+                f"{stage}: {what} time per request at {last:,} (baseline: at {first:,})",
+                large[key] / last * 1e6,
+                "us/req",
+                baseline=small[key] / first * 1e6,
+                ratio="value/baseline",
+                ratio_goal=("<=", 1.3) if what == "wall" else None,
+            )
+        peak = max(results[n][stage]["peak_rss_mb"] for n in _SIZES)
+        report(f"{stage}: peak RSS, largest over the sizes", peak, "MB", goal=("<", 300))
 
 
 if __name__ == "__main__":

@@ -16,6 +16,8 @@ import httpx
 import psycopg
 
 from batch_pipeline.store.migrate import migrate
+from bench import report_file
+from bench.report_file import Direction, Goal
 
 
 @contextlib.contextmanager
@@ -99,5 +101,31 @@ def uvicorn_process(
         proc.wait(timeout=10)
 
 
-def report(name: str, value: float, unit: str, target: str = "") -> None:
-    print(f"  {name:<58} {value:>12,.2f} {unit:<10} {target}", flush=True)
+def report(
+    name: str,
+    value: float,
+    unit: str,
+    target: str = "",
+    *,
+    baseline: float | None = None,
+    ratio: Direction | None = None,
+    goal: Goal | None = None,
+    ratio_goal: Goal | None = None,
+) -> None:
+    """Print a figure and record it for docs/benchmarks.md (``bench.report_file``). ``baseline``: the
+    baseline measured in the same run (the ratio is oriented by the unit unless ``ratio`` says which
+    way to divide); ``goal`` is on the value, ``ratio_goal`` on the ratio, e.g. ``(">=", 0.7)``;
+    ``target`` is free text, shown when there is no structured goal."""
+    caller = str(sys._getframe(1).f_globals.get("__name__", ""))
+    figure = report_file.record(
+        caller.removeprefix("bench."),
+        name,
+        value,
+        unit,
+        target,
+        baseline=baseline,
+        ratio_direction=ratio,
+        goal=goal,
+        ratio_goal=ratio_goal,
+    )
+    print(report_file.console_line(figure), flush=True)

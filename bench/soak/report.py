@@ -1,8 +1,10 @@
 """The soak's verdict (``check``: lost, undelivered, double-paid, repeated deliveries) and its figures
-(``show``: wall time, throughput per stage, where the time goes, peak RSS, Postgres size)."""
+(``show``: wall time, throughput per stage, where the time goes, peak RSS, Postgres size; the headline
+figures are also recorded for docs/benchmarks.md, which ``python -m bench soak`` writes)."""
 
 from __future__ import annotations
 
+import math
 import os
 import pickle
 import tempfile
@@ -10,6 +12,7 @@ from collections import Counter
 from pathlib import Path
 
 from batch_pipeline.openai_client import METADATA_KEY
+from bench import report_file
 from bench.soak import figures
 from bench.soak.plan import destination_of
 from bench.soak.run import Outcome
@@ -221,7 +224,64 @@ def show(outcome: Outcome, target_seconds: float) -> None:
     )
     _line("Postgres: batchman schema per 100k", ours * scale / 2**20, "MB", f"({ours / 2**20:,.0f} MB)")
     during = sorted(o.load_during) or [0.0]
-    print(
-        f"machine: {os.cpu_count()} cores; 1-min load average before the start {o.load_before:.2f}, "
+    load = (
+        f"1-min load average before the start {o.load_before:.2f}, "
         f"during the run median {during[len(during) // 2]:.2f}, max {during[-1]:.2f}"
     )
+    print(f"machine: {os.cpu_count()} cores; {load}")
+    _record(o, target_seconds, load)
+
+
+def _record(o: Outcome, target_seconds: float, load: str) -> None:
+    """The headline figures, each with its target, for the soak's subsection of docs/benchmarks.md."""
+    bench = "soak" if o.plan.faults else "soak_e2e"
+
+    def fig(name: str, value: float, unit: str, goal: tuple[str, float] | None = None) -> None:
+        report_file.record(bench, name, value, unit, goal=goal)
+
+    acked = o.acknowledged
+    delivered = sum(1 for cid in acked if o.counts[destination_of(o.plan, cid)].get(cid))
+    report_file.note(
+        f"SOAK_REQUESTS={o.plan.total:,}, faults {'on' if o.plan.faults else 'off'}; the stack's {load}.",
+        bench,
+    )
+    fig("requests acknowledged", len(acked), "requests")
+    fig(
+        "lost (acknowledged, not stored)",
+        sum(1 for cid in acked if cid not in o.stored),
+        "requests",
+        ("==", 0),
+    )
+    fig(
+        "double-paid (our batches with two OpenAI batches that ran)",
+        len(billed_twice(o)),
+        "batches",
+        ("==", 0),
+    )
+    fig("delivered to their destination", delivered, "requests", ("==", len(acked)))
+    # Under faults a retried delivery may arrive twice (explained by its attempts); without, never.
+    extra = sum(repeated_deliveries(o).values())
+    fig("deliveries beyond one per request", extra, "deliveries", None if o.plan.faults else ("==", 0))
+    if o.all_delivered is None:
+        report_file.note(
+            "**Not every result was delivered before the wait ended** (SOAK_WAIT_SECONDS).", bench
+        )
+    after = o.all_delivered - o.last_accept if o.all_delivered is not None else math.nan
+    fig("all delivered, after the last accept", after, "s", ("<=", target_seconds))
+    for d in o.doors:
+        fig(f"intake, {d.door}", d.rate, "req/s")
+    for name, start, end in (
+        ("upload", "uploading", "openai_processing"),
+        ("results", "downloading", "ready_to_deliver"),
+    ):
+        rate = _span_rate(o.batches, start, end)
+        if rate:
+            fig(f"{name} (first batch in to last batch out)", rate[0], "req/s")
+    for kind, (n, first, last) in sorted(o.delivery_spans.items()):
+        fig(f"delivery, {kind} (first to last success)", n / max(last - first, 1e-9), "req/s")
+    for role, mb in sorted(o.peak_rss_mb.items(), key=lambda kv: -kv[1]):
+        fig(f"peak RSS: {role} ({o.processes.get(role, 1)} process(es))", mb, "MB")
+    total, ours = o.db_bytes
+    scale = 100_000 / max(len(acked), 1) / 2**20
+    fig("Postgres per 100k requests: whole database (ours + Dagster's)", total * scale, "MB")
+    fig("Postgres per 100k requests: batchman schema", ours * scale, "MB")
