@@ -10,6 +10,7 @@ dedupe on the idempotency key).
 from __future__ import annotations
 
 import asyncio
+import collections
 import json
 import logging
 import random
@@ -29,6 +30,8 @@ from batch_pipeline.store.records import Attempt, Delivery
 from batch_pipeline.url_policy import EgressPolicy
 
 log = logging.getLogger(__name__)
+
+FIRST_CLAIM = 256  # the first chunk of a run (at least two per webhook sender); then doubling
 
 
 @dataclass(frozen=True)
@@ -106,8 +109,21 @@ def _kind(config: object) -> str:
     return kind if kind in ("webhook", "rabbitmq") else repr(kind)
 
 
+class _Chunk:
+    """The webhooks of one claimed chunk, sent by the shared workers; ``done`` once all have ended."""
+
+    __slots__ = ("done", "remaining", "results")
+
+    def __init__(self, size: int, done: asyncio.Future[list[Attempt]]) -> None:
+        self.results: list[Attempt | None] = [None] * size
+        self.remaining = size
+        self.done = done
+
+
 class _Transports:
-    """The webhook sender and the RabbitMQ publisher (on its own thread) for one run."""
+    """The webhook sender and the RabbitMQ publisher (on its own thread) for one run. Chunks queue
+    behind each other: ``concurrency`` workers start on the next chunk's webhooks while the last of
+    the previous one are in flight (a ``send_all`` per chunk waited for its slowest send)."""
 
     def __init__(self, opts: DeliveryOptions) -> None:
         self.opts = opts
@@ -123,42 +139,98 @@ class _Transports:
             else None
         )
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rabbitmq-publisher")
+        self._queue: asyncio.Queue[tuple[Delivery, _Chunk, int]] = asyncio.Queue()
+        self._workers: list[asyncio.Task[None]] = []
+        self._publishing: list[asyncio.Future[list[Attempt]]] = []
 
     async def __aenter__(self) -> _Transports:
         await self.webhooks.__aenter__()
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        await self.webhooks.__aexit__(*exc)
-        if self.publisher is not None:
-            await asyncio.get_running_loop().run_in_executor(self._thread, self.publisher.close)
-        self._thread.shutdown(wait=True)
+        try:
+            await self.settle()
+        finally:
+            for worker in self._workers:
+                worker.cancel()
+            await asyncio.gather(*self._workers, return_exceptions=True)
+            await self.webhooks.__aexit__(*exc)
+            if self.publisher is not None:
+                await asyncio.get_running_loop().run_in_executor(self._thread, self.publisher.close)
+            self._thread.shutdown(wait=True)
 
-    async def _publish(self, ds: list[Delivery]) -> list[Attempt]:
-        if not ds:
-            return []
-        if self.publisher is None:
+    async def settle(self) -> None:
+        """Drop the webhooks not yet started and wait for those in flight: when the run stops early
+        (its database failed) no send is left running. What was dropped is still claimed: it is
+        sent again once the lease runs out."""
+        while not self._queue.empty():
+            self._queue.get_nowait()
+            self._queue.task_done()
+        await self._queue.join()
+        for publishing in self._publishing:
+            publishing.cancel()  # not started: never starts; started: the thread finishes it
+        self._publishing.clear()
+
+    async def _hook_worker(self) -> None:
+        while True:
+            d, chunk, index = await self._queue.get()
+            try:
+                if not chunk.done.done():
+                    chunk.results[index] = await self.webhooks.send(d)
+                    chunk.remaining -= 1
+                    if chunk.remaining == 0:
+                        chunk.done.set_result(chunk.results)  # type: ignore[arg-type]
+            except Exception as exc:  # a bug, not a delivery outcome (send returns those): stop the run
+                if not chunk.done.done():
+                    chunk.done.set_exception(exc)
+            finally:
+                self._queue.task_done()
+
+    def _send_hooks(self, hooks: list[Delivery]) -> asyncio.Future[list[Attempt]]:
+        done: asyncio.Future[list[Attempt]] = asyncio.get_running_loop().create_future()
+        if not hooks:
+            done.set_result([])
+            return done
+        if not self._workers:
+            self._workers = [
+                asyncio.create_task(self._hook_worker()) for _ in range(self.opts.webhook.concurrency)
+            ]
+        chunk = _Chunk(len(hooks), done)
+        for index, d in enumerate(hooks):
+            self._queue.put_nowait((d, chunk, index))
+        return done
+
+    def _publish(self, ds: list[Delivery]) -> asyncio.Future[list[Attempt]]:
+        loop = asyncio.get_running_loop()
+        if not ds or self.publisher is None:
+            done: asyncio.Future[list[Attempt]] = loop.create_future()
             # Transient: once RABBITMQ_URL is set (and the service restarted) the retries get through.
             msg = "RabbitMQ is not configured. Set RABBITMQ_URL to enable RabbitMQ delivery."
-            return [Attempt(OUTCOME_NO_RABBITMQ, True, error=msg) for _ in ds]
-        return await asyncio.get_running_loop().run_in_executor(
-            self._thread, self.publisher.publish_batch, ds
-        )
+            done.set_result([Attempt(OUTCOME_NO_RABBITMQ, True, error=msg) for _ in ds])
+            return done
+        # One thread: this chunk's publish starts as soon as the previous chunk's has ended.
+        publishing = loop.run_in_executor(self._thread, self.publisher.publish_batch, ds)
+        self._publishing = [p for p in self._publishing if not p.done()] + [publishing]
+        return publishing
 
-    async def send(self, claimed: list[Delivery]) -> list[tuple[Delivery, Attempt]]:
+    def submit(self, claimed: list[Delivery]) -> asyncio.Future[list[tuple[Delivery, Attempt]]]:
+        """Start sending a claimed chunk behind those already submitted; its (delivery, attempt)s."""
         kind = {d.request_id: _kind(d.delivery_config) for d in claimed}
         hooks = [d for d in claimed if kind[d.request_id] == "webhook"]
         queue = [d for d in claimed if kind[d.request_id] == "rabbitmq"]
         other = [d for d in claimed if kind[d.request_id] not in ("webhook", "rabbitmq")]
-        hook_results, queue_results = await asyncio.gather(
-            self.webhooks.send_all(hooks), self._publish(queue)
-        )
-        bad = [Attempt(OTHER, False, error=f"unknown delivery type {kind[d.request_id]}") for d in other]
-        return [
-            *zip(hooks, hook_results, strict=True),
-            *zip(queue, queue_results, strict=True),
-            *zip(other, bad, strict=True),
-        ]
+        sending = asyncio.gather(self._send_hooks(hooks), self._publish(queue))
+
+        async def outcome() -> list[tuple[Delivery, Attempt]]:
+            hook_results, queue_results = await sending
+            bad = [Attempt(OTHER, False, error=f"unknown delivery type {kind[d.request_id]}") for d in other]
+            return [
+                *zip(hooks, hook_results, strict=True),
+                *zip(queue, queue_results, strict=True),
+                *zip(other, bad, strict=True),
+            ]
+
+        return asyncio.ensure_future(outcome())
 
 
 async def deliver_batch(
@@ -166,33 +238,60 @@ async def deliver_batch(
 ) -> DeliveryReport:
     """Deliver every due result of the batch; settle the batch outcome when nothing is left open."""
     report = DeliveryReport(batch_id)
-    async with await psycopg.AsyncConnection.connect(dsn) as conn, _Transports(opts) as transports:
+    # Two sessions: the next chunk's claim and the last chunk's record run side by side (each its own
+    # transaction, on different rows), so a chunk's database work takes the longer of the two, not
+    # their sum, and stays shorter than sending the chunk in between.
+    async with (
+        await psycopg.AsyncConnection.connect(dsn) as claims,
+        await psycopg.AsyncConnection.connect(dsn) as records,
+        _Transports(opts) as transports,
+    ):
+        # Pipelined: at most two chunks are claimed and unrecorded, the one being sent and the next,
+        # queued behind it (the lease covers both: config.py). When a chunk has been sent, the one
+        # after next is claimed and the sent one recorded, side by side, while the chunk between is
+        # sent: the database work hides behind the network, and the senders never run dry.
+        sending: collections.deque[asyncio.Future[list[tuple[Delivery, Attempt]]]] = collections.deque()
+        # Slow start: the first claim is small so that sending begins at once; each next one doubles
+        # up to claim_size (a big first claim kept the receivers idle while it ran).
+        size = min(opts.claim_size, max(FIRST_CLAIM, 2 * opts.webhook.concurrency))
 
-        async def claim() -> list[Delivery]:
-            return await store.claim(conn, batch_id, opts.claim_size, opts.lease_seconds)
+        async def claim() -> None:
+            nonlocal size
+            claimed = await store.claim(claims, batch_id, size, opts.lease_seconds)
+            size = min(opts.claim_size, 2 * size)
+            if claimed:
+                sending.append(transports.submit(claimed))
 
-        async def record(outcomes: list[store.Outcome]) -> None:
-            await store.record(conn, outcomes)
+        async def record(sent: list[tuple[Delivery, Attempt]]) -> None:
+            outcomes = [decide(d, a, opts, rng) for d, a in sent]
+            await store.record(records, outcomes)
             report.attempts += len(outcomes)
             report.states.update(o.state for o in outcomes)
             report.outcomes.update(o.attempt.outcome for o in outcomes)
 
-        # Pipelined: while one chunk is being sent, the previous chunk is recorded and the next one
-        # claimed, so the database round trips hide behind the network instead of adding to it.
-        claimed, unrecorded = await claim(), []
-        while claimed or unrecorded:
-            if not claimed:  # recording may make retries due at once (a zero wait): look again after
-                await record(unrecorded)
-                claimed, unrecorded = await claim(), []
-                continue
-            sending = asyncio.create_task(transports.send(claimed))
-            try:
-                if unrecorded:
-                    await record(unrecorded)
-                claimed = await claim()
-            finally:
-                sent = await sending  # never leave a send running when the database fails
-            unrecorded = [decide(d, a, opts, rng) for d, a in sent]
-        report.batch_state = await store.finish_batch(conn, batch_id)
+        try:
+            await claim()
+            while sending:
+                if len(sending) == 1:
+                    await claim()
+                sent = await sending.popleft()
+                if not sending:
+                    await record(sent)
+                    await claim()  # recording may have made retries due at once (a zero wait)
+                    continue
+                claiming = asyncio.ensure_future(claim())
+                try:
+                    await record(sent)
+                except BaseException:
+                    claiming.cancel()  # what it claimed is sent after the lease, by a later run
+                    await asyncio.gather(claiming, return_exceptions=True)
+                    raise
+                await claiming
+        except BaseException:
+            await transports.settle()  # never leave a send running when the database fails
+            for future in sending:
+                future.cancel()
+            raise
+        report.batch_state = await store.finish_batch(claims, batch_id)
     log.info("batch %s delivery: %s", batch_id, report.as_dict())
     return report

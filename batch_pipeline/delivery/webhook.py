@@ -203,10 +203,13 @@ class WebhookSender:
 
     async def send_all(self, deliveries: list[Delivery]) -> list[Attempt]:
         """Send with at most ``concurrency`` in flight; results in input order."""
-        gate = asyncio.Semaphore(self.options.concurrency)
+        results: list[Attempt | None] = [None] * len(deliveries)
+        todo = iter(enumerate(deliveries))
 
-        async def one(d: Delivery) -> Attempt:
-            async with gate:
-                return await self.send(d)
+        # ``concurrency`` workers sharing one iterator: no task and no semaphore round per delivery.
+        async def worker() -> None:
+            for index, d in todo:
+                results[index] = await self.send(d)
 
-        return list(await asyncio.gather(*(one(d) for d in deliveries)))
+        await asyncio.gather(*(worker() for _ in range(min(self.options.concurrency, len(deliveries)))))
+        return results  # type: ignore[return-value]

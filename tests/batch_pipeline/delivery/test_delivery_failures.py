@@ -228,8 +228,9 @@ def test_database_lost_after_sending_loses_nothing_and_redelivers_with_the_same_
     terminated: list[bool] = []
 
     def behave(_seen: int, _req):
-        # The first POST has arrived: now kill the deliverer's database session (the only other one
-        # on this test's database) and wait until it is gone, before answering 200.
+        # The first POST has arrived: now kill the deliverer's two database sessions (one claims,
+        # one records; the only others on this test's database) and wait until they are gone,
+        # before answering 200.
         if not terminated:
             with psycopg.connect(db_url, autocommit=True) as conn:
                 terminated.extend(r[0] for r in conn.execute(TERMINATE_OTHERS))
@@ -239,7 +240,7 @@ def test_database_lost_after_sending_loses_nothing_and_redelivers_with_the_same_
     batch_id, ids = seed_batch(db_url, [webhook(rx.url)] * 3)
     with pytest.raises(psycopg.OperationalError):
         run(db_url, batch_id)
-    assert terminated == [True]
+    assert terminated == [True, True]
 
     # Every result was sent and none recorded: all still claimed, under a live lease.
     assert rx.total() == 3 and all(len(rx.hits[str(rid)]) == 1 for rid in ids)

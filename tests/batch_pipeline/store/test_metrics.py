@@ -12,6 +12,12 @@ import pytest
 from batch_pipeline.store import metrics as sql
 
 
+@pytest.fixture
+def db_url(fresh_db_url: str) -> str:
+    """Every test here reads a query plan: a database no earlier test left statistics in."""
+    return fresh_db_url
+
+
 def plan(db_url: str, query: str, params: dict | None = None) -> str:
     with psycopg.connect(db_url) as conn:
         conn.execute("SET enable_seqscan = off")
@@ -27,7 +33,9 @@ def test_the_queue_is_an_index_only_scan_of_the_queued_index(db_url: str) -> Non
 
 def test_the_backlog_reads_two_partial_indexes(db_url: str) -> None:
     text = plan(db_url, sql.BACKLOG_OF_DELIVERIES)
-    assert "requests_due_idx" in text and "requests_claimed_idx" in text, text
+    # Either partial index of the results waiting for delivery (due, or deliverable by batch) will do.
+    waiting = "requests_due_idx" in text or "requests_deliverable_idx" in text
+    assert waiting and "requests_claimed_idx" in text, text
     assert "Seq Scan" not in text, text
 
 
