@@ -11,6 +11,7 @@ from batch_pipeline.defs.resources import OpenAIParam, PostgresParam, SettingsPa
 from batch_pipeline.stages.cleanup import (
     Connect,
     delete_expired,
+    delete_old_openai_calls,
     delete_old_webhook_events,
     delete_openai_files,
     orphan_keys,
@@ -97,6 +98,8 @@ def clean_up(
     expired = delete_expired(postgres.connect, settings.retention_days, client)
     context.log.info("deleted %s batches past %s days of retention", len(expired), settings.retention_days)
     delete_old_webhook_events(postgres.connect)
+    calls = delete_old_openai_calls(postgres.connect)
+    context.log.info("deleted %s rows of OpenAI call figures older than 7 days", calls)
     # Keep the partition list (the UI's list of batches) as long as the data, not longer.
     removed = remove_orphan_partitions(context.instance, postgres.connect)
     context.log.info("deleted %s partitions of batches that no longer exist", removed)

@@ -110,6 +110,14 @@ def delete_old_webhook_events(connect: Connect) -> int:
     return deleted
 
 
+def delete_old_openai_calls(connect: Connect) -> int:
+    """Forget OpenAI call figures older than a week (/metrics has long read them); returns how many."""
+    with connect() as conn:
+        deleted = store.delete_old_openai_calls(conn)
+        conn.commit()
+    return deleted
+
+
 def _batch_id(key: str) -> int | None:
     """The batch id a partition key names: its canonical decimal form, in bigint range."""
     if not (key.isascii() and key.isdigit()) or str(int(key)) != key or int(key) > MAX_BATCH_ID:

@@ -46,6 +46,9 @@ RETURNING id
 OLD_WEBHOOK_EVENTS = (
     "DELETE FROM batchman.openai_webhook_events WHERE received_at < now() - interval '7 days'"
 )
+# The OpenAI call figures are read by /metrics once per new id range; a week covers any API process's
+# restart, and Prometheus keeps the history. ~17k rows a day per busy code server otherwise pile up.
+OLD_OPENAI_CALLS = "DELETE FROM batchman.openai_calls WHERE flushed_at < now() - interval '7 days'"
 EXISTING_IDS = "SELECT id FROM batchman.batches WHERE id = ANY(%s)"
 
 
@@ -78,6 +81,10 @@ def delete_expired(
 
 def delete_old_webhook_events(conn: psycopg.Connection) -> int:
     return conn.execute(OLD_WEBHOOK_EVENTS).rowcount
+
+
+def delete_old_openai_calls(conn: psycopg.Connection) -> int:
+    return conn.execute(OLD_OPENAI_CALLS).rowcount
 
 
 def existing_batch_ids(conn: psycopg.Connection, batch_ids: list[int]) -> set[int]:

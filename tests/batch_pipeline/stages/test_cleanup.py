@@ -1,4 +1,4 @@
-"""The cleanup stage's retention of OpenAI webhook ids, against a real Postgres.
+"""The cleanup stage's retention of OpenAI webhook ids and call figures, against a real Postgres.
 
 Ages are set relative to the database's own ``now()``, so the test does not depend on the clocks of
 this machine and the server agreeing.
@@ -9,7 +9,7 @@ from __future__ import annotations
 import psycopg
 
 from batch_pipeline.db import connect
-from batch_pipeline.stages.cleanup import delete_old_webhook_events
+from batch_pipeline.stages.cleanup import delete_old_openai_calls, delete_old_webhook_events
 
 # webhook id -> age when the cleanup runs. The 7-day boundary is OpenAI's redelivery window; the ages
 # next to it keep an hour of margin either way, so the seconds between insert and delete cannot matter.
@@ -49,3 +49,18 @@ def test_webhook_events_older_than_seven_days_are_deleted_and_younger_ones_kept(
     # A later run finds nothing more to delete (the kept ones are still inside the window).
     assert delete_old_webhook_events(lambda: connect(db_url)) == 0
     assert _remaining(db_url) == set(AGES) - EXPIRED
+
+
+def test_openai_call_figures_older_than_seven_days_are_deleted_and_younger_ones_kept(db_url) -> None:
+    with psycopg.connect(db_url) as conn:
+        for age in AGES.values():
+            conn.execute(
+                "INSERT INTO batchman.openai_calls (flushed_at, operation, outcome, calls, seconds, buckets)"
+                " VALUES (now() - %s::interval, 'batches.retrieve', 'ok', 1, 0.1, '{1}')",
+                (age,),
+            )
+    assert delete_old_openai_calls(lambda: connect(db_url)) == len(EXPIRED)
+    with psycopg.connect(db_url) as conn:
+        kept = conn.execute("SELECT count(*) FROM batchman.openai_calls").fetchone()[0]
+    assert kept == len(AGES) - len(EXPIRED)
+    assert delete_old_openai_calls(lambda: connect(db_url)) == 0
