@@ -332,19 +332,33 @@ def upload_input_file(client: openai.OpenAI, batch_id: int, path: Path) -> FileO
         )
 
 
-# A batch of ours that OpenAI ended this way is from an earlier attempt (e.g. before a token-limit
-# backoff), never one a crash left running: adopting it would skip the new attempt.
+# A batch of ours that OpenAI ended this way is usually from an earlier attempt (e.g. before a
+# token-limit backoff), never one a crash left running: adopting it would skip the new attempt. It is
+# this attempt's own only when it names the same input file and attempt number: a batch that failed
+# validation at once, whose create answer was lost.
 NOT_ADOPTABLE = frozenset({"failed", "expired", "cancelling", "cancelled"})
+ATTEMPT_KEY = "batchman_attempt"
 
 
-def find_batches(client: openai.OpenAI, batch_id: int) -> list[Batch]:
-    """Every live OpenAI batch created for our batch (matched by metadata), oldest first. More than one
-    means a create call was repeated (e.g. by an SDK retry after a lost answer)."""
+def find_batches(
+    client: openai.OpenAI, batch_id: int, input_file_id: str | None = None, attempt: int | None = None
+) -> list[Batch]:
+    """Every OpenAI batch created for our batch (matched by metadata) by this attempt or still live,
+    oldest first. More than one means a create call was repeated (e.g. by an SDK retry after a lost
+    answer). Without ``input_file_id`` and ``attempt``, live ones only."""
     found: list[Batch] = []
     page = client.batches.list(limit=100)
     for _ in range(RECONCILE_PAGES):
         for b in page.data:
-            if (b.metadata or {}).get(METADATA_KEY) == str(batch_id) and b.status not in NOT_ADOPTABLE:
+            meta = b.metadata or {}
+            if meta.get(METADATA_KEY) != str(batch_id):
+                continue
+            this_attempt = (
+                attempt is not None
+                and b.input_file_id == input_file_id
+                and meta.get(ATTEMPT_KEY) == str(attempt)
+            )
+            if this_attempt or b.status not in NOT_ADOPTABLE:
                 found.append(b)
         if not page.has_next_page():
             break
@@ -358,12 +372,14 @@ def find_batch(client: openai.OpenAI, batch_id: int) -> Batch | None:
     return found[0] if found else None
 
 
-def create_batch(client: openai.OpenAI, batch_id: int, input_file_id: str, endpoint: str) -> Batch:
+def create_batch(
+    client: openai.OpenAI, batch_id: int, input_file_id: str, endpoint: str, attempt: int = 0
+) -> Batch:
     return _once(client).batches.create(
         input_file_id=input_file_id,
         endpoint=endpoint,  # type: ignore[arg-type]
         completion_window="24h",
-        metadata={METADATA_KEY: str(batch_id)},
+        metadata={METADATA_KEY: str(batch_id), ATTEMPT_KEY: str(attempt)},
     )
 
 

@@ -55,7 +55,7 @@ def create_batch(
             remote, duplicates = None, []
             if current["openai_status"] == "creating":
                 # A create call may have succeeded unheard (more than one: it was repeated).
-                found = oai.find_batches(client, batch_id)
+                found = oai.find_batches(client, batch_id, file_id, current["token_limit_retries"])
                 if found:
                     remote, duplicates = found[0], found[1:]
                     log.info(
@@ -81,7 +81,9 @@ def create_batch(
                 store.mark_creating(conn, batch_id)
                 conn.commit()
                 try:
-                    remote = oai.create_batch(client, batch_id, file_id, batch["endpoint"])
+                    remote = oai.create_batch(
+                        client, batch_id, file_id, batch["endpoint"], current["token_limit_retries"]
+                    )
                 except openai.BadRequestError as exc:
                     if exc.code != "token_limit_exceeded":
                         raise

@@ -126,6 +126,45 @@ def test_a_create_that_timed_out_but_happened_is_adopted(
     assert sim.stats()["batches_created"] == 1
 
 
+def test_a_lost_create_answer_of_a_batch_that_failed_validation_is_adopted_not_created_again(
+    sim, stage_settings: Settings, connector, query, add_requests, open_batch
+) -> None:
+    add_requests(2, faults={0: "invalid_line"})
+    batch_id = open_batch()
+    client = sim.pipeline_client(stage_settings)
+    sim.faults(drop_response_next={"batches.create": 1})
+    with pytest.raises(openai.APIConnectionError):
+        submit(connector, client, batch_id)
+    (first,) = carrying(sim, batch_id)
+    sim.advance(60)  # validation is over before the op's retry: the batch failed at OpenAI
+    assert sim.client.batches.retrieve(first.id).status == "failed"
+
+    result = submit(connector, client, batch_id)
+
+    assert result.openai_batch_id == first.id == batch_row(query, batch_id)["openai_batch_id"]
+    assert sim.stats()["batches_created"] == 1
+
+
+def test_a_batch_of_an_earlier_attempt_that_openai_ended_is_not_adopted(sim, open_batch) -> None:
+    batch_id = open_batch()
+    line = b'{"custom_id": "a", "method": "POST", "url": "/v1/chat/completions", "body": '
+    line += b'{"x_sim_fault": "invalid_line"}}'
+    earlier = sim.client.batches.create(
+        input_file_id=sim.client.files.create(file=("in.jsonl", line + b"\n"), purpose="batch").id,
+        endpoint="/v1/chat/completions",
+        completion_window="24h",
+        metadata={oai.METADATA_KEY: str(batch_id), oai.ATTEMPT_KEY: "0"},
+    )
+    sim.advance(60)
+    assert sim.client.batches.retrieve(earlier.id).status == "failed"
+    # The same attempt on the same file: that failed batch is this attempt's own.
+    assert [b.id for b in oai.find_batches(sim.client, batch_id, earlier.input_file_id, 0)] == [earlier.id]
+    # A later attempt (after a token-limit backoff), or another file: it is history, not adopted.
+    assert oai.find_batches(sim.client, batch_id, earlier.input_file_id, 1) == []
+    assert oai.find_batches(sim.client, batch_id, "file-other", 0) == []
+    assert oai.find_batches(sim.client, batch_id) == []
+
+
 def test_duplicate_openai_batches_are_cancelled_and_the_kept_one_recorded(
     sim, stage_settings: Settings, connector, query, add_requests, open_batch
 ) -> None:
