@@ -168,7 +168,8 @@ def _store(
         else:
             rows = _staged_from_files(paths, batch)
         kinds = store.stage(conn, rows)
-        if store.dedupe_staged(conn):
+        # The sort behind the dedupe is skipped when every custom_id came once (the usual case).
+        if kinds["duplicates"] and store.dedupe_staged(conn):
             log.warning(
                 "batch %s: OpenAI returned several lines for some requests; one each is kept", batch_id
             )

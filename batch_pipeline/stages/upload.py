@@ -47,9 +47,12 @@ def _write_jsonl(conn: psycopg.Connection, batch_id: int, path: Path) -> int:
         return store.write_batch_lines(conn, batch_id, out)
 
 
-def _upload(connect: Connect, client: openai.OpenAI, batch: dict) -> str:
-    """The batch's input file id: reuse one uploaded before a crash, else build and upload."""
-    existing = oai.find_input_file(client, batch["id"])
+def _upload(connect: Connect, client: openai.OpenAI, batch: dict, look_first: bool = True) -> str:
+    """The batch's input file id: reuse one uploaded before a crash, else build and upload.
+
+    ``look_first=False``: no earlier upload attempt is recorded for this batch, so no file of it can
+    exist and the ``files.list`` walk (up to ten pages of an account's files) is skipped."""
+    existing = oai.find_input_file(client, batch["id"]) if look_first else None
     if existing is not None:
         log.info("batch %s: adopting input file %s uploaded before a restart", batch["id"], existing.id)
         uploaded = existing
@@ -112,6 +115,9 @@ def _submit(
 ) -> SubmitResult:
     with connect() as conn:
         batch = transition(conn, batch_id, ("ready",), "uploading", "upload run started")
+        # Every upload attempt first moves the batch into 'uploading' (recorded in its transitions):
+        # when the move just made is its only one, no earlier run can have uploaded a file for it.
+        first_attempt = batch is not None and store.upload_attempts(conn, batch_id) == 1
         if batch is not None and batch["request_count"] == 0:
             fill_batch(conn, batch, limits, token_limit(batch["model"]))
         batch = store.get_batch(conn, batch_id)
@@ -127,7 +133,7 @@ def _submit(
                 transition(conn, batch_id, BEFORE_OPENAI, "uploading", "re-upload: no input file")
                 conn.commit()
         try:
-            file_id = _upload(connect, client, batch)
+            file_id = _upload(connect, client, batch, look_first=not first_attempt)
         except EmptyBatch as exc:
             with connect() as conn:
                 transition(

@@ -126,6 +126,11 @@ POSTPONE_CHECK = """
 UPDATE batchman.batches SET next_check_at = now() + make_interval(secs => %s) WHERE id = %s
 """
 
+# How many times the batch entered 'uploading' (each upload attempt does, first thing).
+UPLOAD_ATTEMPTS = """
+SELECT count(*) AS n FROM batchman.batch_transitions WHERE batch_id = %s AND to_state = 'uploading'
+"""
+
 MARK_CREATING = "UPDATE batchman.batches SET openai_status = 'creating', updated_at = now() WHERE id = %s"
 
 # The OpenAI batch created for a batch cancelled meanwhile: kept for the audit trail.
@@ -177,6 +182,10 @@ def reserved_by_model(conn: psycopg.Connection, models: list[str]) -> dict[str, 
 def admit(conn: psycopg.Connection, batch_id: int) -> dict[str, Any] | None:
     """Hand a waiting batch to a new upload run: its id and new launch count, or None if it moved."""
     return conn.execute(ADMIT, (batch_id,)).fetchone()
+
+
+def upload_attempts(conn: psycopg.Connection, batch_id: int) -> int:
+    return int(conn.execute(UPLOAD_ATTEMPTS, (batch_id,)).fetchone()["n"])
 
 
 def mark_creating(conn: psycopg.Connection, batch_id: int) -> None:

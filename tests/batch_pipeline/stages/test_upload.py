@@ -79,6 +79,22 @@ def test_a_lost_create_answer_is_adopted_and_nothing_is_created_twice(
     assert all(r["result"]["response"]["status_code"] == 200 for r in rows)
 
 
+def test_a_first_upload_makes_only_the_two_creating_calls(
+    sim, stage_settings: Settings, connector, add_requests, open_batch
+) -> None:
+    # No earlier attempt is recorded for the batch, so there is nothing to look up at OpenAI first: the
+    # run makes the baseline's two calls. (A re-run does look: the lost-answer tests below.)
+    add_requests(2)
+    batch_id = open_batch()
+    recorder = oai.CallRecorder()
+    client = oai.sync_client(stage_settings, recorder=recorder)
+
+    assert submit(connector, client, batch_id).outcome == "submitted"
+
+    calls = {(row.operation, row.outcome): row.calls for row in recorder.take()}
+    assert calls == {("files.create", "ok"): 1, ("batches.create", "ok"): 1}
+
+
 def test_a_lost_upload_answer_is_adopted_and_the_file_is_not_uploaded_twice(
     sim, stage_settings: Settings, connector, query, add_requests, open_batch
 ) -> None:
