@@ -26,6 +26,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 
 from batch_pipeline.admin import intake_control
 from batch_pipeline.config import Settings
+from batch_pipeline.openai_call_figures import CALL_BUCKETS_SECONDS
 from batch_pipeline.pricing import PriceTable, PriceTableError, cost, load_prices
 from batch_pipeline.store import metrics as sql
 from batch_pipeline.store import openai_calls
@@ -252,8 +253,6 @@ def _openai_calls(t: Tally) -> Any:
         labels=["operation", "outcome"],
     )
     for key in sorted(t.calls):
-        from batch_pipeline.openai_client import CALL_BUCKETS_SECONDS  # the SDK: slow, once there are calls
-
         cumulative, buckets = 0, []
         for i, bound in enumerate((*CALL_BUCKETS_SECONDS, None)):
             cumulative += t.call_buckets[(*key, i)]

@@ -8,16 +8,14 @@ updated, so a range read once is final.
 from __future__ import annotations
 
 from functools import partial
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import psycopg
 from psycopg.rows import dict_row
 
 from batch_pipeline.config import normalize_database_url
 from batch_pipeline.db import connect
-
-if TYPE_CHECKING:  # the SDK import is slow: the API reads these rows without it
-    from batch_pipeline.openai_client import CallTotals
+from batch_pipeline.openai_call_figures import CallTotals, flush_calls_to
 
 INSERT_CALLS = """
 INSERT INTO batchman.openai_calls (operation, outcome, calls, seconds, buckets)
@@ -60,9 +58,7 @@ def record_openai_calls(dsn: str | None) -> None:
     """From now on this process's OpenAI calls reach the database (every few seconds and at exit).
     Without a database (``batchman up`` before its embedded server is known) they stay uncounted."""
     if dsn:
-        from batch_pipeline import openai_client as oai
-
-        oai.flush_calls_to(partial(write_calls, normalize_database_url(dsn)))
+        flush_calls_to(partial(write_calls, normalize_database_url(dsn)))
 
 
 async def calls_between(conn: psycopg.AsyncConnection, after: int, upto: int) -> list[dict[str, Any]]:

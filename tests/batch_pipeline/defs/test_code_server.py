@@ -60,13 +60,13 @@ def test_a_forked_worker_writes_its_openai_call_figures_as_it_ends(tmp_path: Pat
     out = tmp_path / "figures.jsonl"
     code = f"""
 import json, threading
-from batch_pipeline import openai_client as oai
+from batch_pipeline import openai_call_figures as figures
 def sink(rows):
     with open({str(out)!r}, "a") as f:
         f.write(json.dumps([[r.operation, r.calls] for r in rows]) + "\\n")
-oai.RECORDER.flush_to(sink, interval=3600)
+figures.RECORDER.flush_to(sink, interval=3600)
 assert threading.active_count() == 1  # nothing runs before a call
-oai.RECORDER.record("files.create", "ok", 0.1)
+figures.RECORDER.record("files.create", "ok", 0.1)
 """
     ctx = code_server.forking_context()
     worker = ctx.Process(target=exec, args=(code, {}))

@@ -16,6 +16,7 @@ import openai
 import psycopg
 import pytest
 
+from batch_pipeline import openai_call_figures as figures
 from batch_pipeline import openai_client as oai
 from batch_pipeline.simulator.app import create_app
 from batch_pipeline.simulator.settings import SimulatorSettings
@@ -69,28 +70,28 @@ def no_waits(monkeypatch: pytest.MonkeyPatch) -> None:
     ],
 )
 def test_operations_are_a_few_fixed_names(method: str, path: str, operation: str) -> None:
-    assert oai.operation_of(method, path) == operation
+    assert figures.operation_of(method, path) == operation
 
 
 def test_outcomes() -> None:
     import httpx2
 
-    assert [oai.outcome_of(s) for s in (200, 204, 400, 404, 429, 500, 503)] == [
+    assert [figures.outcome_of(s) for s in (200, 204, 400, 404, 429, 500, 503)] == [
         "ok", "ok", "client_error", "client_error", "rate_limited", "server_error", "server_error"
     ]  # fmt: skip
-    assert oai.outcome_of(None, httpx2.ReadTimeout("slow")) == "timeout"
-    assert oai.outcome_of(None, httpx2.ConnectError("refused")) == "connection_error"
-    assert oai.outcome_of(None, ValueError("other")) == "error"
+    assert figures.outcome_of(None, httpx2.ReadTimeout("slow")) == "timeout"
+    assert figures.outcome_of(None, httpx2.ConnectError("refused")) == "connection_error"
+    assert figures.outcome_of(None, ValueError("other")) == "error"
 
 
-def by_key(rows: list[oai.CallTotals]) -> dict[tuple[str, str], oai.CallTotals]:
+def by_key(rows: list[figures.CallTotals]) -> dict[tuple[str, str], figures.CallTotals]:
     return {(r.operation, r.outcome): r for r in rows}
 
 
 def test_sync_and_async_clients_count_each_http_call(tmp_path: Path, simulator: ThreadedServer) -> None:
     settings = make_settings(tmp_path, openai_base_url=simulator.base_url)
     # A recorder of its own: an API started by another test flushes the process's RECORDER meanwhile.
-    recorder = oai.CallRecorder()
+    recorder = figures.CallRecorder()
     with oai.sync_client(settings, max_retries=0, recorder=recorder) as client:
         file_id = client.files.create(file=("in.jsonl", LINE), purpose="batch").id
         client.files.list(limit=1)
@@ -122,7 +123,7 @@ def test_a_connection_refused_is_counted_with_every_sdk_retry(tmp_path: Path) ->
     from tests.conftest import free_port
 
     settings = make_settings(tmp_path, openai_base_url=f"http://127.0.0.1:{free_port()}/v1")
-    recorder = oai.CallRecorder()
+    recorder = figures.CallRecorder()
     client = oai.sync_client(settings, timeout=2.0, max_retries=1, recorder=recorder)
     with client, pytest.raises(openai.APIConnectionError):
         client.batches.retrieve("batch_x")
@@ -132,11 +133,11 @@ def test_a_connection_refused_is_counted_with_every_sdk_retry(tmp_path: Path) ->
 
 
 def test_the_recorder_keeps_what_a_failed_flush_could_not_write() -> None:
-    recorder = oai.CallRecorder()
-    written: list[list[oai.CallTotals]] = []
+    recorder = figures.CallRecorder()
+    written: list[list[figures.CallTotals]] = []
     failing = [True]
 
-    def sink(rows: list[oai.CallTotals]) -> None:
+    def sink(rows: list[figures.CallTotals]) -> None:
         if failing[0]:
             raise psycopg.OperationalError("database restarting")
         written.append(rows)
@@ -155,21 +156,21 @@ def test_the_recorder_keeps_what_a_failed_flush_could_not_write() -> None:
 
 
 def test_the_flush_thread_hands_figures_over_every_interval() -> None:
-    recorder = oai.CallRecorder()
+    recorder = figures.CallRecorder()
     got = threading.Event()
     recorder.flush_to(lambda rows: got.set(), interval=0.05)
     recorder.record("files.list", "ok", 0.01)
     assert got.wait(5)
 
 
-def write_and_scrape(tmp_path: Path, db_url: str, rows: list[oai.CallTotals]) -> str:
+def write_and_scrape(tmp_path: Path, db_url: str, rows: list[figures.CallTotals]) -> str:
     openai_calls.write_calls(db_url, rows)
     with serve(tmp_path, db_url) as c:
         return c.get("/metrics").text
 
 
 def test_metrics_export_the_written_figures_as_one_histogram(tmp_path: Path, db_url: str) -> None:
-    recorder = oai.CallRecorder()
+    recorder = figures.CallRecorder()
     for seconds in (0.02, 0.3, 0.3, 45.0):
         recorder.record("batches.retrieve", "ok", seconds)
     recorder.record("files.create", "server_error", 1.5)
@@ -192,7 +193,7 @@ def test_metrics_export_the_written_figures_as_one_histogram(tmp_path: Path, db_
 
 
 def test_counters_only_grow_between_scrapes(tmp_path: Path, db_url: str) -> None:
-    recorder = oai.CallRecorder()
+    recorder = figures.CallRecorder()
     recorder.record("files.list", "ok", 0.1)
     openai_calls.write_calls(db_url, recorder.take())
     with serve(tmp_path, db_url) as c:
@@ -242,8 +243,8 @@ def plan(db_url: str, query: str, params: dict) -> str:
 def test_the_store_sums_as_many_buckets_as_the_recorder_fills() -> None:
     assert (
         openai_calls.CALL_BUCKETS
-        == len(oai.CALL_BUCKETS_SECONDS) + 1
-        == len(oai.CallTotals("o", "x").buckets)
+        == len(figures.CALL_BUCKETS_SECONDS) + 1
+        == len(figures.CallTotals("o", "x").buckets)
     )
 
 

@@ -14,6 +14,7 @@ import dagster as dg
 import openai
 import pytest
 
+from batch_pipeline import openai_call_figures as figures
 from batch_pipeline import openai_client as oai
 from batch_pipeline.config import Settings
 from batch_pipeline.stages import upload
@@ -86,7 +87,7 @@ def test_a_first_upload_makes_only_the_two_creating_calls(
     # run makes the baseline's two calls. (A re-run does look: the lost-answer tests below.)
     add_requests(2)
     batch_id = open_batch()
-    recorder = oai.CallRecorder()
+    recorder = figures.CallRecorder()
     client = oai.sync_client(stage_settings, recorder=recorder)
 
     assert submit(connector, client, batch_id).outcome == "submitted"
