@@ -21,8 +21,6 @@ from batch_pipeline.db import dagster_storage_url
 from batch_pipeline.intake.validation import Limits, validate_request
 from batch_pipeline.runtime.dagster_processes import code_server_argv, daemon_argv, socket_workspace
 from batch_pipeline.runtime.supervisor import wait_for_socket
-from batch_pipeline.simulator.app import create_app as create_simulator
-from batch_pipeline.simulator.settings import SimulatorSettings
 from batch_pipeline.simulator.testing import ThreadedServer
 from batch_pipeline.store.request_inserts import COPY_COLUMNS, copy_row
 
@@ -31,22 +29,6 @@ pytestmark = pytest.mark.process
 
 ROOT = Path(__file__).resolve().parents[3]
 DONE = ("ready_to_deliver", "delivering", "delivered", "partially_delivered", "delivery_failed")
-
-
-@pytest.fixture
-def live_sim(tmp_path: Path):
-    settings = SimulatorSettings(
-        _env_file=None,
-        _env_prefix="SIMULATOR_TESTS_IGNORE_",
-        data_dir=tmp_path / "sim",
-        validating_seconds=0.2,
-        in_progress_seconds=0.5,
-        finalizing_seconds=0.2,
-        log_level="warning",
-    )
-    server = ThreadedServer(create_simulator(settings)).start()
-    yield server
-    server.stop()
 
 
 @pytest.fixture

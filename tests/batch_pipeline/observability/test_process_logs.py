@@ -20,8 +20,6 @@ import pytest
 
 from batch_pipeline.observability.relay import to_json_line
 from batch_pipeline.runtime import dagster_processes as dp
-from batch_pipeline.simulator.app import create_app as create_simulator
-from batch_pipeline.simulator.settings import SimulatorSettings
 from batch_pipeline.simulator.testing import ThreadedServer
 from tests.batch_pipeline.defs.test_daemon import _queue_request
 from tests.conftest import free_port
@@ -90,22 +88,6 @@ def wait_for(check, proc: subprocess.Popen, log: Path, seconds: float = 120) -> 
             pass
         time.sleep(0.5)
     pytest.fail(f"not ready in {seconds} s:\n{log.read_text()[-3000:]}")
-
-
-@pytest.fixture
-def live_sim(tmp_path: Path) -> Iterator[ThreadedServer]:
-    settings = SimulatorSettings(
-        _env_file=None,
-        _env_prefix="SIMULATOR_TESTS_IGNORE_",
-        data_dir=tmp_path / "sim",
-        validating_seconds=0.2,
-        in_progress_seconds=0.5,
-        finalizing_seconds=0.2,
-        log_level="warning",
-    )
-    server = ThreadedServer(create_simulator(settings)).start()
-    yield server
-    server.stop()
 
 
 def test_the_code_server_its_run_workers_and_the_daemon_write_json(

@@ -33,6 +33,15 @@ def carrying(sim: Any, batch_id: int) -> list[openai.types.Batch]:
     return [b for b in sim.batches() if (b.metadata or {}).get(oai.METADATA_KEY) == str(batch_id)]
 
 
+def create_unheard(sim: Any, connector: Callable[[], Any], client: openai.OpenAI, batch_id: int) -> Any:
+    """Submit the batch while OpenAI creates it but the answer is lost; the OpenAI batch it made."""
+    sim.faults(drop_response_next={"batches.create": 1})
+    with pytest.raises(openai.APIConnectionError):
+        submit(connector, client, batch_id)
+    (first,) = carrying(sim, batch_id)
+    return first
+
+
 def batch_row(query: Callable[..., list[dict]], batch_id: int) -> dict[str, Any]:
     return query("SELECT * FROM batchman.batches WHERE id = %s", batch_id)[0]
 
@@ -149,10 +158,7 @@ def test_a_lost_create_answer_of_a_batch_that_failed_validation_is_adopted_not_c
     add_requests(2, faults={0: "invalid_line"})
     batch_id = open_batch()
     client = sim.pipeline_client(stage_settings)
-    sim.faults(drop_response_next={"batches.create": 1})
-    with pytest.raises(openai.APIConnectionError):
-        submit(connector, client, batch_id)
-    (first,) = carrying(sim, batch_id)
+    first = create_unheard(sim, connector, client, batch_id)
     sim.advance(60)  # validation is over before the op's retry: the batch failed at OpenAI
     assert sim.client.batches.retrieve(first.id).status == "failed"
 
@@ -188,10 +194,7 @@ def test_duplicate_openai_batches_are_cancelled_and_the_kept_one_recorded(
     add_requests(2)
     batch_id = open_batch()
     client = sim.pipeline_client(stage_settings)
-    sim.faults(drop_response_next={"batches.create": 1})
-    with pytest.raises(openai.APIConnectionError):
-        submit(connector, client, batch_id)
-    (first,) = carrying(sim, batch_id)
+    first = create_unheard(sim, connector, client, batch_id)
     # What an SDK retry of the lost create did before creates went out once: a second batch, unseen.
     repeat = sim.client.batches.create(
         input_file_id=first.input_file_id,
