@@ -213,6 +213,9 @@ def show(outcome: Outcome, target_seconds: float) -> None:
     print("peak RSS per process (VmHWM; runs: the largest of them)")
     for role, mb in sorted(o.peak_rss_mb.items(), key=lambda kv: -kv[1]):
         _line(f"{role} ({o.processes.get(role, 1)} process(es))", mb, "MB")
+    print("CPU time per process role (user + system, from the first sample to the end)")
+    for role, seconds in sorted(o.cpu_seconds.items(), key=lambda kv: -kv[1]):
+        _line(role, seconds, "s")
     print("Postgres size")
     total, ours = o.db_bytes
     scale = 100_000 / max(acked, 1)
@@ -281,6 +284,8 @@ def _record(o: Outcome, target_seconds: float, load: str) -> None:
         fig(f"delivery, {kind} (first to last success)", n / max(last - first, 1e-9), "req/s")
     for role, mb in sorted(o.peak_rss_mb.items(), key=lambda kv: -kv[1]):
         fig(f"peak RSS: {role} ({o.processes.get(role, 1)} process(es))", mb, "MB")
+    for role, seconds in sorted(o.cpu_seconds.items(), key=lambda kv: -kv[1]):
+        fig(f"CPU time: {role}", seconds, "s")
     total, ours = o.db_bytes
     scale = 100_000 / max(len(acked), 1) / 2**20
     fig("Postgres per 100k requests: whole database (ours + Dagster's)", total * scale, "MB")

@@ -55,6 +55,7 @@ class Outcome:
     sim_batches: list[dict]  # every batch the simulator holds: id, status, metadata
     db_bytes: tuple[int, int]
     peak_rss_mb: dict[str, float]
+    cpu_seconds: dict[str, float]
     processes: dict[str, int]
     load_before: float  # 1-minute load average before the stack started
     load_during: list[float]  # sampled every half second while it ran
@@ -175,6 +176,7 @@ def run(
                 sim_batches=_simulator_batches(stack.simulator),
                 db_bytes=figures.sizes(dsn),
                 peak_rss_mb=dict(rss.peak_mb),
+                cpu_seconds=rss.cpu_seconds,
                 processes={role: len(p) for role, p in rss.processes.items()},
                 load_before=load_before,
                 load_during=list(rss.load_1min),

@@ -1,5 +1,5 @@
 """The stack under test, started as ``make up`` starts it (``batchman up``) on its own free ports and
-data directory, and a sampler of every process's peak RSS while it runs."""
+data directory, and a sampler of every process's peak RSS and CPU time while it runs."""
 
 from __future__ import annotations
 
@@ -65,10 +65,32 @@ class RssSampler:
     peak_mb: dict[str, float] = field(default_factory=dict)
     processes: dict[str, set[int]] = field(default_factory=dict)
     load_1min: list[float] = field(default_factory=list)  # the machine's load average, per sample
+    # CPU seconds (user + system) per pid as last seen, by role: where the machine's two cores went.
+    # Postgres's own processes are counted too (from their time at the first sample), since the
+    # stack's work ends up there; a process that ends between samples loses its last half second.
+    cpu_seconds_by_pid: dict[int, tuple[str, float]] = field(default_factory=dict)
+    _postgres_start: dict[int, float] = field(default_factory=dict)
     _stop: threading.Event = field(default_factory=threading.Event)
+
+    @property
+    def cpu_seconds(self) -> dict[str, float]:
+        totals: dict[str, float] = {}
+        for role, seconds in self.cpu_seconds_by_pid.values():
+            totals[role] = totals.get(role, 0.0) + seconds
+        return totals
+
+    def _sample_postgres(self) -> None:
+        first = len(self.load_1min) == 1  # postgres processes already running count from here
+        for proc in psutil.process_iter(["name", "cpu_times"]):
+            if proc.info["name"] != "postgres" or proc.info["cpu_times"] is None:
+                continue
+            used = proc.info["cpu_times"].user + proc.info["cpu_times"].system
+            start = self._postgres_start.setdefault(proc.pid, used if first else 0.0)
+            self.cpu_seconds_by_pid[proc.pid] = ("postgres (all backends)", used - start)
 
     def sample(self) -> None:
         self.load_1min.append(os.getloadavg()[0])
+        self._sample_postgres()
         for root in self.roots:
             try:
                 procs = [psutil.Process(root), *psutil.Process(root).children(recursive=True)]
@@ -84,6 +106,9 @@ class RssSampler:
                     continue
                 self.processes.setdefault(role, set()).add(proc.pid)
                 self.peak_mb[role] = max(self.peak_mb.get(role, 0.0), peak)
+                with contextlib.suppress(psutil.Error):
+                    times = proc.cpu_times()
+                    self.cpu_seconds_by_pid[proc.pid] = (role, times.user + times.system)
 
     def _loop(self) -> None:
         while not self._stop.wait(self.interval):
