@@ -63,6 +63,15 @@ def with_database(url: str, name: str) -> str:
     return urlunsplit((parts.scheme, parts.netloc, f"/{name}", parts.query, parts.fragment))
 
 
+def ended_sessions(url: str) -> int:
+    """Backends that have ended on the database of ``url``: Postgres counts a session when it ends,
+    so this counts connections opened and closed (one per statement is what pooling prevents)."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("SELECT pg_stat_clear_snapshot()")
+        query = "SELECT sessions FROM pg_stat_database WHERE datname = current_database()"
+        return conn.execute(query).fetchone()[0]
+
+
 class DatabasePool:
     """Databases cloned from ``template`` on the server of ``admin_url``, reused test after test."""
 

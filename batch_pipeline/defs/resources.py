@@ -17,12 +17,13 @@ import psycopg
 
 from batch_pipeline import openai_client as oai
 from batch_pipeline.config import ConfigError, Settings, normalize_database_url
-from batch_pipeline.db import connect
+from batch_pipeline.db import pooled
 from batch_pipeline.observability import logs
 
 
 class Postgres:
-    """The app database: short-lived connections with dict rows; the DB clock is the only clock."""
+    """The app database: connections with dict rows from this process's pool, one short transaction
+    per ``connect()`` block; the DB clock is the only clock."""
 
     def __init__(self, dsn: str | None) -> None:
         self._dsn = normalize_database_url(dsn) if dsn else None
@@ -35,7 +36,7 @@ class Postgres:
 
     @contextmanager
     def connect(self, autocommit: bool = False) -> Iterator[psycopg.Connection]:
-        with connect(self.dsn, autocommit=autocommit) as conn:
+        with pooled(self.dsn, autocommit=autocommit) as conn:
             yield conn
 
 
