@@ -15,6 +15,7 @@ restart closed, so the pool is as robust as a fresh connection was.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from typing import Any
 
@@ -22,12 +23,17 @@ from dagster._serdes import ConfigurableClassData
 from dagster_postgres import DagsterPostgresStorage
 from dagster_postgres.utils import create_pg_engine, get_token_provider_from_config, pg_url_from_config
 
-# Per storage and process. The daemon's threads (sensors, run queue, monitoring) overlap now and
-# then; beyond the pool a connection is opened and closed as before.
+# Per instance (one per process, but for the code server's short-lived ones per sensor tick). The
+# daemon's threads (sensors, run queue, monitoring) overlap now and then; beyond the pool a
+# connection is opened and closed as before.
 POOL_SIZE = 2
 MAX_OVERFLOW = 8
+APPLICATION_NAME = "dagster"
 # Hand a connection back to Postgres now and then, so a long-lived daemon never holds one for ever.
 POOL_RECYCLE_SECONDS = 3600
+
+# (pid, URL) of the databases whose Dagster tables this process has seen (or created).
+_TABLES_CHECKED: set[tuple[int, str]] = set()
 
 
 class PooledPostgresStorage(DagsterPostgresStorage):
@@ -40,22 +46,32 @@ class PooledPostgresStorage(DagsterPostgresStorage):
         inst_data: ConfigurableClassData | None = None,
         token_provider: Any = None,
     ) -> None:
-        super().__init__(postgres_url, should_autocreate_tables, inst_data, token_provider)
+        # Only a process's first instance looks for (and creates) Dagster's tables: the code server
+        # builds an instance for each sensor tick that reads dynamic partitions, and each look was
+        # three more connections, 20 a second under load.
+        key = (os.getpid(), postgres_url)
+        check_tables = should_autocreate_tables and key not in _TABLES_CHECKED
+        super().__init__(postgres_url, check_tables, inst_data, token_provider)
+        _TABLES_CHECKED.add(key)
+        # One engine for the three storages: same server, same AUTOCOMMIT sessions, one pool.
+        engine = create_pg_engine(
+            postgres_url,
+            token_provider,
+            isolation_level="AUTOCOMMIT",
+            pool_size=POOL_SIZE,
+            max_overflow=MAX_OVERFLOW,
+            pool_recycle=POOL_RECYCLE_SECONDS,
+            pool_pre_ping=True,
+            connect_args={"application_name": APPLICATION_NAME},
+        )
         for storage in (self._run_storage, self._event_log_storage, self._schedule_storage):
             # Fail loudly when an upgrade renames the engine: a silent miss would bring back one
             # connection per statement.
             old = getattr(storage, "_engine", None)
             if old is None or not hasattr(old, "dispose"):
-                raise RuntimeError(f"{type(storage).__name__}._engine is gone: review defs/dagster_storage.py")
-            storage._engine = create_pg_engine(
-                postgres_url,
-                token_provider,
-                isolation_level="AUTOCOMMIT",
-                pool_size=POOL_SIZE,
-                max_overflow=MAX_OVERFLOW,
-                pool_recycle=POOL_RECYCLE_SECONDS,
-                pool_pre_ping=True,
-            )
+                name = type(storage).__name__
+                raise RuntimeError(f"{name}._engine is gone: review defs/dagster_storage.py")
+            storage._engine = engine
             old.dispose()
 
     @classmethod
