@@ -20,6 +20,7 @@ from psycopg.types.json import Jsonb
 from batch_pipeline import openai_client as oai
 from batch_pipeline.db import Connect
 from batch_pipeline.stages.capacity import token_limit_backoff_minutes
+from batch_pipeline.stages.create import CAPACITY_RECHECK_SECONDS
 from batch_pipeline.states import AT_OPENAI
 from batch_pipeline.store import batches as store
 from batch_pipeline.store.transitions import FromNow, transition
@@ -71,7 +72,7 @@ def apply_status(
     errors = oai.batch_errors(remote)
     if remote.status == "failed" and any(e.get("code") == "token_limit_exceeded" for e in errors):
         return _token_limit_backoff(conn, batch_id, errors, settings)
-    transition(
+    moved = transition(
         conn,
         batch_id,
         AT_OPENAI,
@@ -86,6 +87,8 @@ def apply_status(
         last_openai_error=Jsonb(errors) if errors else None,
         **_usage(remote),
     )
+    if moved is not None:  # its tokens left the model's queue: waiting batches may fit now
+        store.recheck_waiting(conn, moved["model"], CAPACITY_RECHECK_SECONDS)
     return "results"
 
 

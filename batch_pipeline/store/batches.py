@@ -64,6 +64,15 @@ WHERE id = %s AND state = 'waiting_for_capacity'
 RETURNING id, launch_count
 """
 
+# A batch of the model left OpenAI's queue: the batches waiting for its headroom are looked at on the
+# next tick instead of at their next 10 s check. One already handed to an upload run (its check set
+# minutes ahead by ADMIT) is left alone.
+RECHECK_WAITING = """
+UPDATE batchman.batches SET next_check_at = now(), updated_at = now()
+WHERE model = %(model)s AND state = 'waiting_for_capacity' AND capacity_wait_reason = 'insufficient_headroom'
+  AND next_check_at > now() AND next_check_at <= now() + make_interval(secs => %(within)s)
+"""
+
 # Batches handed to an upload run, to (re-)emit the run request (idempotent through the run key).
 READY_FOR_UPLOAD = """
 SELECT id, launch_count FROM batchman.batches WHERE state = 'ready' ORDER BY id LIMIT %s
@@ -177,6 +186,11 @@ def waiting_due(conn: psycopg.Connection, limit: int) -> list[dict[str, Any]]:
 def reserved_by_model(conn: psycopg.Connection, models: list[str]) -> dict[str, int]:
     """Estimated tokens of our batches at OpenAI, per model (models with none are absent)."""
     return {r["model"]: int(r["tokens"]) for r in conn.execute(RESERVED_BY_MODEL, (models,))}
+
+
+def recheck_waiting(conn: psycopg.Connection, model: str, within_seconds: int) -> int:
+    """Waiting batches of ``model`` due for an admission check now (see RECHECK_WAITING); how many."""
+    return conn.execute(RECHECK_WAITING, {"model": model, "within": within_seconds}).rowcount
 
 
 def admit(conn: psycopg.Connection, batch_id: int) -> dict[str, Any] | None:

@@ -91,3 +91,31 @@ def test_token_limit_retries_running_out_give_every_request_an_error_line(
         assert request["result"]["response"] is None
         assert request["result"]["error"]["code"] == "token_limit_exceeded"
         assert request["error_msg"].startswith("token_limit_exceeded: Enqueued token limit reached")
+
+
+def test_a_batch_leaving_openai_brings_the_check_of_batches_waiting_for_its_headroom_forward(
+    sim, stage_settings: Settings, connector, query, add_requests, open_batch
+) -> None:
+    client = sim.pipeline_client(stage_settings)
+    done = submitted_batch(connector, client, add_requests, open_batch, "a")
+    waiting, handed_on, other_model = (
+        query(
+            "INSERT INTO batchman.batches (endpoint, model, state, capacity_wait_reason, next_check_at)"
+            " VALUES ('/v1/chat/completions', %s, 'waiting_for_capacity', 'insufficient_headroom',"
+            " now() + make_interval(secs => %s)) RETURNING id",
+            model,
+            seconds,
+        )[0]["id"]
+        for model, seconds in (("gpt-4o-mini", 10), ("gpt-4o-mini", 300), ("gpt-4.1", 10))
+    )
+    sim.advance(60)
+
+    assert poll_due(connector, client, PollSettings(300, (5.0,)), limit=10) == [done]
+
+    due = {
+        r["id"]: r["due"]
+        for r in query("SELECT id, next_check_at <= now() AS due FROM batchman.batches WHERE id <> %s", done)
+    }
+    # The one of the same model in its 10 s checks is due now; the one already handed to an upload
+    # run (checked minutes ahead) and the other model's stay as they were.
+    assert due == {waiting: True, handed_on: False, other_model: False}
