@@ -5,7 +5,8 @@ every event a run writes, every run-queue look of the daemon and every sensor cu
 connection, and Postgres starts a backend process for each. A 200,000-request run through
 ``batchman up`` opened 19,000 connections in four minutes; forking and tearing down those backends
 (page tables of the shared buffers, catalog caches warmed again) took more CPU than Postgres's own
-work on our rows. Here each of the three storages keeps a small pool per process instead.
+work on our rows. Here an instance's three storages share one small pool instead, and only a
+process's first instance looks for Dagster's tables.
 
 ``dagster.yaml`` names this class as ``storage: custom``; its config is ``storage: postgres``'s own.
 Run workers are forked from the code server's forkserver before any instance exists, so no pooled

@@ -29,7 +29,7 @@ from bench.soak.plan import (
     make_request,
 )
 from bench.soak.sinks import Sinks, sinks
-from bench.soak.stack import RssSampler, Stack, batchman_up
+from bench.soak.stack import ProcessSampler, Stack, batchman_up
 from bench.support import free_port, fresh_database, postgres_server
 
 RABBITMQ_URL = os.environ.get("RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672/%2F")
@@ -136,7 +136,7 @@ def run(
         with (
             sinks(ports["SINKS"], RABBITMQ_URL, output_queue, pids) as sink,
             batchman_up(Path(tmp) / "data", dsn, stack_ports, env) as stack,
-            RssSampler([stack.process.pid, *pids]) as rss,
+            ProcessSampler([stack.process.pid, *pids]) as sampler,
         ):
             make = functools.partial(_make, plan, sink.webhook_url, output_queue)
             markers: dict[str, str] = {}
@@ -156,7 +156,7 @@ def run(
                 print(f"  load sent in {load_done - started:.1f} s; waiting for delivery", flush=True)
             all_delivered = _wait_until_delivered(stack, sink, want, timeout, progress)
             time.sleep(SETTLE_SECONDS)
-            rss.sample()
+            sampler.sample()
             first_accept, last_accept = figures.accept_span(dsn)
             return Outcome(
                 plan=plan,
@@ -175,11 +175,11 @@ def run(
                 sim_stats=httpx.get(f"{stack.simulator}/_sim/stats", timeout=30).json(),
                 sim_batches=_simulator_batches(stack.simulator),
                 db_bytes=figures.sizes(dsn),
-                peak_rss_mb=dict(rss.peak_mb),
-                cpu_seconds=rss.cpu_seconds,
-                processes={role: len(p) for role, p in rss.processes.items()},
+                peak_rss_mb=dict(sampler.peak_mb),
+                cpu_seconds=sampler.cpu_seconds,
+                processes={role: len(p) for role, p in sampler.processes.items()},
                 load_before=load_before,
-                load_during=list(rss.load_1min),
+                load_during=list(sampler.load_1min),
             )
 
 

@@ -59,7 +59,7 @@ def _peak_rss_mb(pid: int) -> float | None:
 
 
 @dataclass
-class RssSampler:
+class ProcessSampler:
     roots: list[int]
     interval: float = 0.5
     peak_mb: dict[str, float] = field(default_factory=dict)
@@ -114,7 +114,7 @@ class RssSampler:
         while not self._stop.wait(self.interval):
             self.sample()
 
-    def __enter__(self) -> RssSampler:
+    def __enter__(self) -> ProcessSampler:
         threading.Thread(target=self._loop, daemon=True).start()
         return self
 
